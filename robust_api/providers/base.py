@@ -1,0 +1,82 @@
+"""The one narrow interface every provider adapter implements: encoded images in, raw responses out.
+
+Adapters know their SDK, wire format and limits; they know nothing about noise, retries, rate limits,
+logging or statistics (all of that lives above them, in `robust_api.dispatch` and `robust_api.engine`).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+from robust_api.errors import ProviderError
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a provider accepts for one image. `images.encode_for` keeps every upload inside these."""
+
+    max_bytes: int
+    min_side_px: int = 1
+    max_side_px: int = 16_000
+    formats: tuple[str, ...] = ("JPEG", "PNG")
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class ProviderResponse:
+    """One image's raw response, JSON-compatible exactly as received, plus what the provider says about itself."""
+
+    response: dict[str, Any]
+    model_version: str | None = None
+    request_id: str | None = None
+
+
+@dataclass
+class Pricing:
+    """List price per 1,000 calls in USD and the date it was read (prices change; override in your config)."""
+
+    usd_per_1000: float
+    as_of: str
+    source: str = ""
+
+
+class Provider(abc.ABC):
+    """An image labeller reachable by batch calls.
+
+    `classify(images)` sends `len(images) <= max_batch` encoded images (bytes in one of `limits.formats`) and
+    returns one entry per image, in order: a ProviderResponse, or a ProviderError for a per-image failure
+    inside an otherwise successful call (Google and Clarifai report these in a 200 response).
+    A failure of the whole call raises RetryableProviderError or PermanentProviderError.
+    The adapter's SDK must not retry on its own: the dispatch layer is the only retry layer.
+    """
+
+    name: ClassVar[str]
+    max_batch: ClassVar[int] = 1
+    limits: ClassVar[ImageLimits]
+    default_rate_per_s: ClassVar[float] = 10.0
+    pricing: ClassVar[Pricing] = Pricing(0.0, "n/a")
+    credential_hint: ClassVar[str] = ""
+
+    def settings(self) -> dict[str, Any]:
+        """Model settings that can change the label (API version, model id, max results): part of the cache key."""
+        return {}
+
+    @abc.abstractmethod
+    async def classify(self, images: Sequence[bytes]) -> list[ProviderResponse | ProviderError]:
+        """Label a batch of encoded images; see the class docstring for the contract."""
+
+    async def aclose(self) -> None:
+        """Release connections; the default has nothing to release."""
+
+
+PROVIDER_NAMES = ("azure", "google", "aws", "clarifai", "local")
+
+
+@dataclass
+class ProviderSpec:
+    """How to build a provider from the CLI or RobustAPI: name, optional endpoint override, extra options."""
+
+    name: str
+    endpoint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
