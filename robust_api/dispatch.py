@@ -1,0 +1,172 @@
+"""The one dispatch layer between the engine and every provider: concurrency cap, rate limit, retries.
+
+- Concurrency: at most `concurrency` provider calls in flight (a semaphore held only while a call runs,
+  never while backing off).
+- Rate: a token bucket (aiolimiter) of `rate_per_s` requests per second with `burst` tokens; a throttling
+  reply with Retry-After pauses *all* calls to that provider until it has passed, so a throttling storm is
+  not answered by more throttled requests.
+- Retries (tenacity): only RetryableProviderError (throttled, 5xx, timeout, connection reset, unreadable
+  body), exponential backoff with jitter, never shorter than the provider's Retry-After, at most
+  `max_attempts` attempts per image; per-call timeout. PermanentProviderError (auth, invalid image, bad
+  request, quota) fails fast, after one call. Within a batch, only the images that failed are re-sent.
+- Stats: requests sent, billable images answered, retries and failures per kind.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from robust_api.errors import ProviderError, RetryableProviderError
+from robust_api.providers.base import Provider, ProviderResponse
+
+MAX_RETRY_AFTER_S = 300.0  # a Retry-After longer than this is treated as a fault of the provider, not obeyed
+
+
+@dataclass
+class RunStats:
+    """Per-run counters. `billable_calls` counts images the provider answered (what a user pays for);
+    `requests` counts HTTP requests sent, including failed attempts; `cache_hits` counts samples found in the log."""
+
+    billable_calls: int = 0
+    requests: int = 0
+    cache_hits: int = 0
+    retries: collections.Counter = field(default_factory=collections.Counter)
+    failures: collections.Counter = field(default_factory=collections.Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "billable_calls": self.billable_calls,
+            "requests": self.requests,
+            "cache_hits": self.cache_hits,
+            "retries": dict(self.retries),
+            "failures": dict(self.failures),
+        }
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """One image's answer: the provider response, the attempts it took, and the latency of the successful call."""
+
+    response: ProviderResponse
+    attempts: int
+    latency_ms: float
+
+
+class Dispatcher:
+    """Sends encoded images to one provider within its concurrency, rate and retry policy.
+
+    `classify(images)` returns one CallOutcome per image, in order, or raises the PermanentProviderError of the
+    first image that failed permanently, or the last RetryableProviderError once `max_attempts` are spent.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        concurrency: int = 16,
+        rate_per_s: float | None = None,
+        burst: int = 1,
+        max_attempts: int = 6,
+        timeout_s: float = 60.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        stats: RunStats | None = None,
+    ) -> None:
+        if concurrency < 1 or max_attempts < 1 or burst < 1:
+            raise ValueError("concurrency, max_attempts and burst must be >= 1")
+        self.provider = provider
+        self.concurrency = concurrency
+        self.rate_per_s = rate_per_s if rate_per_s is not None else provider.default_rate_per_s
+        if self.rate_per_s <= 0:
+            raise ValueError("rate_per_s must be > 0")
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.stats = stats if stats is not None else RunStats()
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._limiter = AsyncLimiter(burst, burst / self.rate_per_s)
+        self._paused_until = 0.0
+        self._backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+
+    async def classify(self, images: Sequence[bytes]) -> list[CallOutcome]:
+        """Classify any number of images, in provider-sized batches sent concurrently."""
+        size = max(1, self.provider.max_batch)
+        batches = [list(images[i : i + size]) for i in range(0, len(images), size)]
+        results = await asyncio.gather(*(self._classify_batch(b) for b in batches))
+        return [outcome for batch in results for outcome in batch]
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = self._backoff(state)
+        hint = getattr(exc, "retry_after_s", None)
+        if hint is not None and 0 < hint <= MAX_RETRY_AFTER_S:
+            delay = max(delay, hint)
+            if getattr(exc, "kind", "") == "throttled":
+                self._paused_until = max(self._paused_until, time.monotonic() + hint)
+        return delay
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        self.stats.retries[getattr(exc, "kind", "other")] += 1
+
+    async def _classify_batch(self, images: list[bytes]) -> list[CallOutcome]:
+        pending = dict(enumerate(images))
+        results: list[CallOutcome | None] = [None] * len(images)
+        attempts = [0] * len(images)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, RetryableProviderError)),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._attempt(pending, results, attempts)
+        except ProviderError as exc:
+            self.stats.failures[exc.kind] += 1
+            raise
+        return [r for r in results if r is not None]
+
+    async def _attempt(self, pending: dict[int, bytes], results: list, attempts: list[int]) -> None:
+        indices = list(pending)
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        async with self._semaphore:
+            await self._limiter.acquire()
+            for i in indices:
+                attempts[i] += 1
+            self.stats.requests += 1
+            started = time.perf_counter()
+            try:
+                answers = await asyncio.wait_for(
+                    self.provider.classify([pending[i] for i in indices]), timeout=self.timeout_s
+                )
+            except asyncio.TimeoutError:
+                raise RetryableProviderError(
+                    self.provider.name, "timeout", f"no answer within {self.timeout_s:g} s"
+                ) from None
+            latency_ms = (time.perf_counter() - started) * 1000.0
+        if len(answers) != len(indices):
+            raise RetryableProviderError(
+                self.provider.name, "malformed", f"{len(answers)} answers for {len(indices)} images"
+            )
+        retryable: ProviderError | None = None
+        for i, answer in zip(indices, answers):
+            if isinstance(answer, ProviderError):
+                if not answer.retryable:
+                    raise answer
+                retryable = answer
+                continue
+            results[i] = CallOutcome(answer, attempts[i], latency_ms)
+            del pending[i]
+            self.stats.billable_calls += 1
+        if retryable is not None:
+            raise retryable
