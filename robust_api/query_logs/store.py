@@ -1,0 +1,217 @@
+"""Append-only JSONL query-log store: a crash-safe writer and a strict, torn-tail-tolerant reader.
+
+The writer returns from write() only after the line is flushed (and fsynced), so a sample the engine
+counted is on disk. A crash mid-write leaves at most one torn final line (no trailing newline): the reader
+skips it with a warning and the next writer removes it before appending.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from robust_api.errors import LogError
+from robust_api.query_logs.schema import QueryRecord
+
+try:  # advisory lock so two runs cannot interleave lines in one log; absent on Windows
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+_loads = json.loads
+_from_dict = QueryRecord.from_dict
+
+
+def _parse_line(raw: bytes, path: str, lineno: int) -> QueryRecord:
+    try:
+        obj = _loads(raw)
+    except RecursionError:
+        raise LogError(path, lineno, "not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise LogError(path, lineno, f"not valid JSON ({_short(exc)})") from None
+    return _from_dict(obj, path, lineno)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _open_for_reading(path: str | Path) -> IO[bytes]:
+    p = Path(path)
+    if p.is_dir():
+        raise LogError(p, None, "is a directory, not a query log")
+    try:
+        return open(p, "rb")
+    except FileNotFoundError:
+        raise LogError(p, None, "no such query log") from None
+    except OSError as exc:
+        raise LogError(p, None, f"cannot open query log: {exc.strerror or exc}") from None
+
+
+def read_log(path: str | Path) -> Iterator[QueryRecord]:
+    """Yield the records of one JSONL log in file order.
+
+    A final line without a trailing newline that does not parse is a torn write: it is skipped with a
+    warning (a complete final record missing only its newline is kept). Any other bad line raises LogError
+    naming the file and line: corrupt JSON, unknown schema version, missing or ill-typed fields.
+    Blank lines are skipped. An empty file yields nothing; a missing file or a directory raises LogError.
+    """
+    name = str(path)
+    fh = _open_for_reading(path)
+    with fh:
+        lineno = 0
+        try:
+            for raw in fh:
+                lineno += 1
+                if raw[-1:] != b"\n":  # only the last line can lack its newline
+                    try:
+                        record = _parse_line(raw, name, lineno)
+                    except LogError as exc:
+                        log.warning(
+                            "%s:%d: skipping torn final line (%d bytes; an interrupted write): %s",
+                            name, lineno, len(raw), exc.reason,
+                        )
+                        return
+                    yield record
+                    return
+                if raw.isspace():
+                    continue
+                yield _parse_line(raw, name, lineno)
+        except OSError as exc:
+            raise LogError(name, lineno or None, f"read error: {exc.strerror or exc}") from None
+
+
+def read_logs(paths: Iterable[str | Path]) -> Iterator[QueryRecord]:
+    """Records of several logs, one file after the other (same rules as read_log)."""
+    for path in paths:
+        yield from read_log(path)
+
+
+def _torn_tail_start(fh: IO[bytes], size: int) -> int:
+    """Offset just after the last newline of a file whose last byte is not a newline (0 if none)."""
+    block = 1 << 16
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        fh.seek(start)
+        chunk = fh.read(end - start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        end = start
+    return 0
+
+
+class QueryLogWriter:
+    """Append records to a JSONL log, one line each; thread-safe; usable as a context manager.
+
+    write() returns only after the line is written, flushed and (if `fsync`) fsynced: count a sample only
+    after it returns. Opening repairs a torn tail left by a crash: an unparseable final fragment is
+    truncated (it was never counted) with a warning; a complete final record missing its newline gets the
+    newline, so no paid response is dropped. Raises LogError if the path is a directory, cannot be opened,
+    or is locked by another writer.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self.records_written = 0
+        if self.path.is_dir():
+            raise LogError(self.path, None, "is a directory, not a query log")
+        try:
+            if self.path.parent and not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+b")
+        except OSError as exc:
+            raise LogError(self.path, None, f"cannot open query log for appending: {exc.strerror or exc}") from None
+        self._fh: IO[bytes] | None = fh
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise LogError(self.path, None, "query log is in use by another robust-api process") from None
+            self._repair_tail()
+        except BaseException:
+            fh.close()
+            self._fh = None
+            raise
+
+    def _repair_tail(self) -> None:
+        fh = self._fh
+        assert fh is not None
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        start = _torn_tail_start(fh, size)
+        fh.seek(start)
+        tail = fh.read(size - start)
+        try:
+            _parse_line(tail, str(self.path), 0)
+            complete = True
+        except LogError:
+            complete = False
+        if complete:
+            fh.write(b"\n")  # append mode: goes to the end; the complete record is kept
+            log.warning("%s: final record lacked its newline (interrupted write); kept it", self.path)
+        else:
+            fh.truncate(start)
+            log.warning(
+                "%s: removed a torn final line of %d bytes left by an interrupted write (it was never counted)",
+                self.path, size - start,
+            )
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    def write(self, record: QueryRecord) -> None:
+        """Append one record durably; raises LogError if the writer is closed or the disk write fails."""
+        data = record.to_json_line().encode("utf-8")
+        with self._lock:
+            fh = self._fh
+            if fh is None:
+                raise LogError(self.path, None, "query log writer is closed")
+            try:
+                fh.write(data)
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise LogError(self.path, None, f"write failed: {exc.strerror or exc}") from None
+            self.records_written += 1
+
+    def sync(self) -> None:
+        """Flush and fsync whatever was written (useful with fsync=False for bulk imports)."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fh.close()  # closing releases the flock
+
+    @property
+    def closed(self) -> bool:
+        return self._fh is None
+
+    def __enter__(self) -> "QueryLogWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
