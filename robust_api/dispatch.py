@@ -17,7 +17,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -91,14 +91,27 @@ class Dispatcher:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._limiter = AsyncLimiter(burst, burst / self.rate_per_s)
         self._paused_until = 0.0
-        self._backoff = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+        self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
 
-    async def classify(self, images: Sequence[bytes]) -> list[CallOutcome]:
-        """Classify any number of images, in provider-sized batches sent concurrently."""
+    async def classify(
+        self, images: Sequence[bytes], on_answer: Callable[[int, CallOutcome], None] | None = None
+    ) -> list[CallOutcome]:
+        """Classify any number of images, in provider-sized batches sent concurrently.
+
+        `on_answer(i, outcome)` is called the moment image i is answered, before any other image's retry, so a
+        caller can log a paid response even when another image of the same call later fails for good. When a
+        batch fails, the others still run to completion (their answers reach `on_answer`); then the first
+        error is raised.
+        """
         size = max(1, self.provider.max_batch)
-        batches = [list(images[i : i + size]) for i in range(0, len(images), size)]
-        results = await asyncio.gather(*(self._classify_batch(b) for b in batches))
-        return [outcome for batch in results for outcome in batch]
+        starts = range(0, len(images), size)
+        results = await asyncio.gather(
+            *(self._classify_batch(list(images[s : s + size]), s, on_answer) for s in starts), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [outcome for batch in results for outcome in batch]  # type: ignore[union-attr]
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -114,7 +127,9 @@ class Dispatcher:
         exc = state.outcome.exception() if state.outcome else None
         self.stats.retries[getattr(exc, "kind", "other")] += 1
 
-    async def _classify_batch(self, images: list[bytes]) -> list[CallOutcome]:
+    async def _classify_batch(
+        self, images: list[bytes], offset: int, on_answer: Callable[[int, CallOutcome], None] | None
+    ) -> list[CallOutcome]:
         pending = dict(enumerate(images))
         results: list[CallOutcome | None] = [None] * len(images)
         attempts = [0] * len(images)
@@ -128,13 +143,20 @@ class Dispatcher:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._attempt(pending, results, attempts)
+                    await self._attempt(pending, results, attempts, offset, on_answer)
         except ProviderError as exc:
             self.stats.failures[exc.kind] += 1
             raise
         return [r for r in results if r is not None]
 
-    async def _attempt(self, pending: dict[int, bytes], results: list, attempts: list[int]) -> None:
+    async def _attempt(
+        self,
+        pending: dict[int, bytes],
+        results: list,
+        attempts: list[int],
+        offset: int,
+        on_answer: Callable[[int, CallOutcome], None] | None,
+    ) -> None:
         indices = list(pending)
         pause = self._paused_until - time.monotonic()
         if pause > 0:
@@ -168,5 +190,7 @@ class Dispatcher:
             results[i] = CallOutcome(answer, attempts[i], latency_ms)
             del pending[i]
             self.stats.billable_calls += 1
+            if on_answer is not None:
+                on_answer(offset + i, results[i])
         if retryable is not None:
             raise retryable

@@ -1,0 +1,265 @@
+"""The online path, top to bottom: noise -> denoise (batched) -> encode -> dispatch -> parse -> log -> statistics.
+
+One `Engine` serves one provider with one decision rule and one query log. For each sample it first asks the
+log index whether the sample (provider, settings, image, sigma, denoiser, seed, index, phase) was already paid
+for; only missing samples are generated, denoised, encoded and sent. Every answer is appended (and flushed)
+to the log the moment it arrives, before it is counted, so a crash loses at most the calls in flight and a
+rerun pays for nothing already logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from robust_api import smoothing
+from robust_api.dispatch import CallOutcome, Dispatcher, RunStats
+from robust_api.errors import ConfigError
+from robust_api.images import LoadedImage, encode_for, to_uint8
+from robust_api.noise import noisy_copies
+from robust_api.providers.base import Provider
+from robust_api.query_logs import SCHEMA_VERSION, LogIndex, QueryLogWriter, QueryRecord, sample_key
+from robust_api.results import ABSTAIN, Certificate, Prediction
+
+MODES = ("fixed", "clean", "sequential")
+
+
+@dataclasses.dataclass(frozen=True)
+class CertifyParams:
+    """What a certification run needs. `n0` is unused by modes 'clean' and 'sequential' (the candidate is
+    the clean-image label); `max_queries`/`target_radius` are used by 'sequential' only."""
+
+    sigma: float
+    n0: int = 20
+    n: int = 100
+    alpha: float = 0.001
+    mode: str = "fixed"
+    seed: int = 0
+    max_queries: int | None = None
+    target_radius: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not self.sigma > 0:
+            raise ConfigError("sigma must be > 0")
+        if not 0 < self.alpha < 1:
+            raise ConfigError("alpha must be in (0, 1)")
+        if self.n < 1 or self.n0 < 0 or (self.mode == "fixed" and self.n0 < 1):
+            raise ConfigError("n must be >= 1 and n0 >= 1 in fixed mode")
+
+
+class Engine:
+    """Certify and predict images against one provider.
+
+    rule(response, provider) -> label is the decision rule; `log` (optional) receives every new response;
+    `index` holds what is already logged (a cache hit is never sent again). `denoiser` is a torch module
+    mapping NCHW float images in [0, 1] to the same; `denoiser_id` ({"name", "sha256"}) enters the cache key.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        dispatcher: Dispatcher,
+        rule: Callable[..., str],
+        *,
+        log: QueryLogWriter | None = None,
+        index: LogIndex | None = None,
+        denoiser: Any = None,
+        denoiser_id: dict | None = None,
+        denoise_batch: int = 16,
+        run_id: str | None = None,
+    ) -> None:
+        self.provider = provider
+        self.dispatcher = dispatcher
+        self.rule = rule
+        self.log = log
+        self.index = index if index is not None else LogIndex()
+        self.denoiser = denoiser
+        self.denoiser_id = denoiser_id if denoiser is not None else None
+        self.denoise_batch = max(1, denoise_batch)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.settings = provider.settings()
+        self._denoise_lock = asyncio.Lock()
+
+    @property
+    def stats(self) -> RunStats:
+        return self.dispatcher.stats
+
+    # -- samples ----------------------------------------------------------------------------------
+    async def responses(
+        self, image: LoadedImage, phase: str, indices: Sequence[int], sigma: float, seed: int | None, extra: dict | None = None
+    ) -> list[QueryRecord]:
+        """The logged record of each requested sample, paying only for those not yet in the log.
+
+        Chunks of `denoise_batch` samples are noised and denoised one after the other while earlier chunks
+        are on the network, so denoising overlaps network I/O. seed=None (serving) never hits the cache.
+        """
+        records: dict[int, QueryRecord] = {}
+        missing = []
+        for i in indices:
+            found = self.index.get(self._key(image, phase, i, sigma, seed)) if seed is not None else None
+            if found is not None:
+                records[i] = found
+            else:
+                missing.append(i)
+        self.stats.cache_hits += len(indices) - len(missing)
+        in_flight: list[asyncio.Task] = []
+        try:
+            for start in range(0, len(missing), self.denoise_batch):
+                chunk = missing[start : start + self.denoise_batch]
+                encoded = await self._prepare(image, phase, chunk, sigma, seed)
+                task = self._send(image, phase, chunk, encoded, sigma, seed, records, extra)
+                in_flight.append(asyncio.create_task(task))
+        finally:
+            # Even when preparing a later chunk failed, calls already sent finish and are logged.
+            await _gather(*in_flight)
+        return [records[i] for i in indices]
+
+    def _key(self, image: LoadedImage, phase: str, index: int, sigma: float, seed: int | None):
+        return sample_key(self.provider.name, self.settings, image.sha256, sigma, self.denoiser_id, seed, index, phase)
+
+    async def _prepare(self, image: LoadedImage, phase: str, chunk: list[int], sigma: float, seed: int | None):
+        if phase == "clean":
+            pixels = np.repeat(image.array[None], len(chunk), axis=0)
+        else:
+            pixels = await asyncio.to_thread(noisy_copies, image.array, sigma, seed, image.sha256, phase, chunk)
+            if self.denoiser is not None:
+                async with self._denoise_lock:  # one batch at a time: the denoiser already uses every core
+                    pixels = await asyncio.to_thread(self._denoise, pixels)
+        return await asyncio.to_thread(lambda: [encode_for(to_uint8(p), self.provider.limits) for p in pixels])
+
+    def _denoise(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        device = next(iter(self.denoiser.parameters()), torch.empty(0)).device
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(device)
+            out = self.denoiser(batch).clamp_(0.0, 1.0)
+        return out.permute(0, 2, 3, 1).cpu().numpy()
+
+    async def _send(self, image, phase, chunk, encoded, sigma, seed, records, extra) -> None:
+        def on_answer(j: int, outcome: CallOutcome) -> None:
+            index = chunk[j]
+            record = self._record(image, phase, index, sigma, seed, outcome, encoded[j], extra)
+            if self.log is not None:
+                self.log.write(record)  # flushed before the sample counts
+            if seed is not None:
+                self.index.add(record)
+            records[index] = record
+
+        await self.dispatcher.classify([e.data for e in encoded], on_answer=on_answer)
+
+    def _record(self, image, phase, index, sigma, seed, outcome: CallOutcome, encoded, extra) -> QueryRecord:
+        response = outcome.response
+        notes = {"encoding": list(encoded.notes)} if encoded.notes else {}
+        return QueryRecord(
+            schema=SCHEMA_VERSION,
+            run=self.run_id,
+            image=image.sha256,
+            provider=self.provider.name,
+            model_version=response.model_version,
+            settings=self.settings,
+            sigma=sigma,
+            denoiser=self.denoiser_id,
+            seed=seed,
+            index=index,
+            phase=phase,
+            response=response.response,
+            label=self._label(response.response),
+            latency_ms=round(outcome.latency_ms, 3),
+            attempts=outcome.attempts,
+            ts=time.time(),
+            extra={**(extra or {}), **notes, **({"request_id": response.request_id} if response.request_id else {})},
+        )
+
+    def _label(self, response: dict) -> str:
+        return self.rule(response, self.provider.name)
+
+    def labels(self, records: Sequence[QueryRecord]) -> list[str]:
+        """Labels by the current rule (not the label stored at write time, so a new rule applies to old logs)."""
+        return [self._label(r.response) for r in records]
+
+    # -- statistics over samples -----------------------------------------------------------------
+    async def certify(self, image: LoadedImage, params: CertifyParams) -> Certificate:
+        """Certify one image (see robust_api.smoothing for each mode's guarantee)."""
+        started = time.perf_counter()
+        paid_before, hits_before = self.stats.billable_calls, self.stats.cache_hits
+        extra = {"mode": params.mode, "alpha": params.alpha}
+        counts_selection: dict[str, int] = {}
+        p_lower = None
+        # Clean, selection and estimation samples are independent draws: request them all at once.
+        clean_task = self.responses(image, "clean", [0], params.sigma, params.seed, extra)
+        if params.mode == "fixed":
+            clean, selection, estimation = await _gather(
+                clean_task,
+                self.responses(image, "selection", range(params.n0), params.sigma, params.seed, extra),
+                self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra),
+            )
+            clean_label = self.labels(clean)[0]
+            counts_selection = count_labels(self.labels(selection))
+            counts_estimation = count_labels(self.labels(estimation))
+            label, radius = smoothing.certify(counts_selection, counts_estimation, params.sigma, params.alpha)
+            candidate = smoothing.top_label(counts_selection) if counts_selection else None
+        elif params.mode == "clean":
+            clean, estimation = await _gather(
+                clean_task, self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra)
+            )
+            clean_label = candidate = self.labels(clean)[0]
+            counts_estimation = count_labels(self.labels(estimation))
+            label, radius = smoothing.certify_with_candidate(candidate, counts_estimation, params.sigma, params.alpha)
+        else:
+            clean_label = candidate = self.labels(await clean_task)[0]
+            label, radius, counts_estimation, plan = await self._certify_sequential(image, candidate, params)
+            extra = {**extra, "plan": plan}
+        n_est = sum(counts_estimation.values())
+        if candidate is not None and n_est:
+            p_lower = smoothing.lower_confidence_bound(counts_estimation.get(candidate, 0), n_est, params.alpha)
+        return Certificate(
+            image=image.sha256,
+            name=image.name,
+            label=None if label == ABSTAIN else label,
+            radius_l2=float(radius),
+            sigma=params.sigma,
+            alpha=params.alpha,
+            mode=params.mode,
+            clean_label=clean_label,
+            p_lower=p_lower,
+            counts_selection=counts_selection,
+            counts_estimation=counts_estimation,
+            calls_paid=self.stats.billable_calls - paid_before,
+            cache_hits=self.stats.cache_hits - hits_before,
+            seconds=time.perf_counter() - started,
+            extra=extra,
+        )
+
+    async def _certify_sequential(self, image: LoadedImage, candidate: str, params: CertifyParams):
+        raise ConfigError("sequential mode is not available yet")
+
+    async def predict(self, image: LoadedImage, n: int, sigma: float, alpha: float, seed: int | None = None) -> Prediction:
+        """Smoothed prediction by majority vote over n noisy samples (binomial-test abstain at level alpha)."""
+        records = await self.responses(image, "estimation", range(n), sigma, seed, {"mode": "predict"})
+        counts = count_labels(self.labels(records))
+        label = smoothing.predict(counts, alpha)
+        return Prediction(label=None if label == ABSTAIN else label, counts=counts, alpha=alpha, image=image.sha256, name=image.name)
+
+
+async def _gather(*aws):
+    """Run awaitables together; let every one finish (so every paid answer is logged), then raise the first error."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def count_labels(labels: Sequence[str]) -> dict[str, int]:
+    """How many times each label occurs."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return counts
