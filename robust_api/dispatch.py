@@ -9,6 +9,8 @@
   body), exponential backoff with jitter, never shorter than the provider's Retry-After, at most
   `max_attempts` attempts per image; per-call timeout. PermanentProviderError (auth, invalid image, bad
   request, quota) fails fast, after one call. Within a batch, only the images that failed are re-sent.
+- Fail fast across calls: the very first request goes alone; an auth or quota failure then stops every
+  other request before it is sent, so wrong credentials cost one call, not `concurrency` calls.
 - Stats: requests sent, billable images answered, retries and failures per kind.
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from robust_api.errors import ProviderError, RetryableProviderError
 from robust_api.providers.base import Provider, ProviderResponse
 
-MAX_RETRY_AFTER_S = 300.0  # a Retry-After longer than this is treated as a fault of the provider, not obeyed
+MAX_RETRY_AFTER_S = 300.0
+FATAL_KINDS = ("auth", "quota")  # failures that concern the account, not one image  # a Retry-After longer than this is treated as a fault of the provider, not obeyed
 
 
 @dataclass
@@ -91,6 +94,9 @@ class Dispatcher:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._limiter = AsyncLimiter(burst, burst / self.rate_per_s)
         self._paused_until = 0.0
+        self._fatal: ProviderError | None = None  # auth/quota failure: nothing more is sent
+        self._probe_started = False
+        self._probe_done = asyncio.Event()
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
 
     async def classify(
@@ -158,10 +164,24 @@ class Dispatcher:
         on_answer: Callable[[int, CallOutcome], None] | None,
     ) -> None:
         indices = list(pending)
+        if not self._probe_started:
+            self._probe_started = True
+            try:
+                return await self._send(pending, results, attempts, offset, on_answer, indices)
+            finally:
+                self._probe_done.set()
+        await self._probe_done.wait()
+        return await self._send(pending, results, attempts, offset, on_answer, indices)
+
+    async def _send(self, pending, results, attempts, offset, on_answer, indices) -> None:
+        if self._fatal is not None:
+            raise self._fatal
         pause = self._paused_until - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
         async with self._semaphore:
+            if self._fatal is not None:
+                raise self._fatal
             await self._limiter.acquire()
             for i in indices:
                 attempts[i] += 1
@@ -175,6 +195,10 @@ class Dispatcher:
                 raise RetryableProviderError(
                     self.provider.name, "timeout", f"no answer within {self.timeout_s:g} s"
                 ) from None
+            except ProviderError as exc:
+                if exc.kind in FATAL_KINDS:
+                    self._fatal = exc
+                raise
             latency_ms = (time.perf_counter() - started) * 1000.0
         if len(answers) != len(indices):
             raise RetryableProviderError(
@@ -184,6 +208,8 @@ class Dispatcher:
         for i, answer in zip(indices, answers):
             if isinstance(answer, ProviderError):
                 if not answer.retryable:
+                    if answer.kind in FATAL_KINDS:
+                        self._fatal = answer
                     raise answer
                 retryable = answer
                 continue

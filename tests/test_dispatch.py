@@ -126,3 +126,11 @@ async def test_rate_limit_spaces_requests():
     await d.classify([bytes([65 + i]) for i in range(11)])
     # 11 requests at 50/s with a burst of 1 need at least 10 intervals of 20 ms.
     assert time.monotonic() - started >= 0.19
+
+
+async def test_wrong_credentials_cost_one_call_even_with_many_images_in_flight():
+    provider = ScriptedProvider([PermanentProviderError("scripted", "auth", "bad key")], delay_s=0.01)
+    d = Dispatcher(provider, concurrency=16)
+    with pytest.raises(PermanentProviderError):
+        await d.classify([bytes([65 + i]) for i in range(20)])
+    assert len(provider.calls) == 1
