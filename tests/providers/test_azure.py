@@ -263,8 +263,8 @@ async def test_more_images_than_max_batch_is_a_config_error(emulator):
 
 
 async def test_default_labeller_tags_a_real_photo(emulator):
-    pytest.importorskip("robust_api.providers.emulator.labeller")
-    skimage_data = pytest.importorskip("skimage.data")
+    from skimage import data as skimage_data
+
     buf = io.BytesIO()
     Image.fromarray(skimage_data.coffee()).save(buf, "JPEG", quality=90)
     emu = AzureEmulator()
