@@ -15,11 +15,8 @@ import os
 from typing import Any, Sequence
 
 from robust_api.errors import ConfigError, PermanentProviderError, ProviderError, RetryableProviderError
-from robust_api.providers.base import ImageLimits, Pricing, Provider, ProviderResponse
-
-# TODO(lead): move to robust_api.images (AWS_LIMITS) once it exists and import it from there.
-# Source: Rekognition dg/limits.html via providers.md section 3.
-AWS_LIMITS = ImageLimits(max_bytes=5_242_880, min_side_px=80, max_side_px=10_000, formats=("JPEG", "PNG"))
+from robust_api.images import AWS_LIMITS
+from robust_api.providers.base import Pricing, Provider, ProviderResponse
 
 AUTH_HINT = "check AWS credentials: AWS_ACCESS_KEY_ID/AWS_PROFILE and AWS_REGION"
 EMULATOR_SECRET = "emulator-secret"  # the emulator checks only the access key id; not a secret
@@ -43,7 +40,8 @@ class AWSProvider(Provider):
     """Rekognition DetectLabels for one image per call (Rekognition has no multi-image request).
 
     Options: region (else AWS_REGION / AWS_DEFAULT_REGION / the profile's region), max_labels and
-    min_confidence (None = the service defaults, 1000 and 55), endpoint_url (e.g. an emulator),
+    min_confidence (None = the service defaults, 1000 and 55), endpoint_url (e.g. an emulator; `endpoint` is
+    an alias, the name `make_provider` passes),
     profile (an AWS_PROFILE name) or a ready boto3 `session`, connect/read timeouts, max_workers threads.
     Raises ConfigError when no region or no credentials are found, or boto3 is missing.
     """
@@ -67,6 +65,7 @@ class AWSProvider(Provider):
         max_labels: int | None = None,
         min_confidence: float | None = None,
         endpoint_url: str | None = None,
+        endpoint: str | None = None,
         profile: str | None = None,
         session: Any = None,
         connect_timeout_s: float = 10.0,
@@ -103,7 +102,9 @@ class AWSProvider(Provider):
                 max_pool_connections=max_workers,
             )
             # boto3 clients are thread-safe (sessions are not): one client, shared by the worker threads.
-            self._client = session.client("rekognition", region_name=region, endpoint_url=endpoint_url, config=config)
+            self._client = session.client(
+                "rekognition", region_name=region, endpoint_url=endpoint_url or endpoint, config=config
+            )
         except botocore.exceptions.BotoCoreError as exc:  # ProfileNotFound, PartialCredentialsError, ...
             raise ConfigError(f"aws: {type(exc).__name__}: {self._redact(str(exc))}; {AUTH_HINT}") from None
         self.region = region

@@ -22,22 +22,8 @@ import time
 from typing import Any, Mapping, Sequence
 
 from robust_api.errors import ConfigError, PermanentProviderError, ProviderError, RetryableProviderError
-from robust_api.providers.base import ImageLimits, Pricing, Provider, ProviderResponse
-
-# TODO(lead): move these to robust_api.images (AZURE_V4_LIMITS / AZURE_V32_LIMITS) once it exists and import them.
-# Sources: providers.md section 1 (MicrosoftDocs overview-image-analysis; 4.0 error text names 20971520 bytes).
-AZURE_V4_LIMITS = ImageLimits(
-    max_bytes=20_971_520,
-    min_side_px=50,
-    max_side_px=16_000,
-    formats=("JPEG", "PNG", "GIF", "BMP", "WEBP", "ICO", "TIFF", "MPO"),
-)
-AZURE_V32_LIMITS = ImageLimits(
-    max_bytes=4 * 1024 * 1024 - 1,  # "under 4 MB"
-    min_side_px=51,  # "larger than 50x50"
-    max_side_px=15_999,  # "smaller than 16,000x16,000"
-    formats=("JPEG", "PNG", "GIF", "BMP"),
-)
+from robust_api.images import AZURE_V4_LIMITS, AZURE_V32_LIMITS
+from robust_api.providers.base import Pricing, Provider, ProviderResponse
 
 ENDPOINT_ENV = ("AZURE_VISION_ENDPOINT", "VISION_ENDPOINT")
 KEY_ENV = ("AZURE_VISION_KEY", "VISION_KEY")

@@ -46,7 +46,7 @@ def png(rgb: tuple[int, int, int], size: int = 96) -> bytes:
 
 @pytest.fixture
 async def emulator():
-    emu = AwsEmulator(labeller=colour_labeller, knobs=EmulatorKnobs(timeout_hang_s=0.8), ancestors=ancestors)
+    emu = AwsEmulator(labeller=colour_labeller, knobs=EmulatorKnobs(timeout_hang_s=1.5), ancestors=ancestors)
     await emu.start()
     yield emu
     await emu.stop()
@@ -126,7 +126,7 @@ async def test_throttling_is_retryable_and_not_retried_by_botocore(emulator):
     assert info.value.retry_after_s is None  # AWS sends no Retry-After: the dispatch layer backs off on its own
     assert info.value.request_id
     assert emulator.stats.requests == 1  # botocore's default standard mode would have made 3
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # botocore would back off between its default 3 attempts
 
 
 async def test_rate_limit_of_the_emulator_throttles_the_second_back_to_back_call():
@@ -164,7 +164,7 @@ async def test_no_answer_within_read_timeout_is_a_timeout(emulator):
     with pytest.raises(RetryableProviderError) as info:
         await classify_one(AWSProvider.for_emulator(emulator.url, read_timeout_s=0.3), png(COLOURS["red"]))
     assert info.value.kind == "timeout"
-    assert time.monotonic() - started < 0.75
+    assert time.monotonic() - started < 1.4  # its own timeout, before the emulator's hang ended
     assert emulator.stats.requests == 1
 
 
@@ -176,7 +176,7 @@ async def test_refused_connection_fails_fast_without_sdk_retries():
     with pytest.raises(RetryableProviderError) as info:
         await classify_one(AWSProvider.for_emulator(f"http://127.0.0.1:{port}"), png(COLOURS["red"]))
     assert info.value.kind == "connection"
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
 
 
 @pytest.mark.parametrize(
@@ -244,8 +244,10 @@ async def test_credentials_and_region_come_from_the_default_chain(emulator, no_a
     no_aws_env.setenv("AWS_ACCESS_KEY_ID", EMULATOR_KEY)
     no_aws_env.setenv("AWS_SECRET_ACCESS_KEY", "any-secret")
     no_aws_env.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    provider = AWSProvider(endpoint_url=emulator.url)
-    assert provider.region == "eu-west-1"
+    from robust_api.providers import make_provider
+
+    provider = make_provider("aws", emulator.url)  # the registry passes the URL as `endpoint`
+    assert isinstance(provider, AWSProvider) and provider.region == "eu-west-1"
     result = await classify_one(provider, png(COLOURS["green"]))
     assert any(label["Name"] == "Green" for label in result.response["Labels"])
 
