@@ -57,8 +57,8 @@ GOOGLE_LIMITS = ImageLimits(
 AWS_LIMITS = ImageLimits(  # raw bytes 1..5,242,880; JPEG/PNG; sides 80..10,000 px for DetectLabels
     max_bytes=5_242_880, min_side_px=80, max_side_px=10_000, formats=("JPEG", "PNG")
 )
-CLARIFAI_LIMITS = ImageLimits(  # < 20 MB, <= 85 Mpixel
-    max_bytes=20 * MiB - 1, max_pixels=85_000_000, formats=("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
+CLARIFAI_LIMITS = ImageLimits(  # < 20 MB (read as decimal megabytes, the stricter reading), <= 85 Mpixel
+    max_bytes=20_000_000 - 1, max_pixels=85_000_000, formats=("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
 )
 LOCAL_LIMITS = ImageLimits(  # in-process: only our own decoder's guard applies
     max_bytes=256 * MiB, max_side_px=65_000, max_pixels=MAX_IMAGE_PIXELS, formats=("PNG", "JPEG")
