@@ -271,3 +271,24 @@ async def test_the_default_labeller_names_a_real_photo():
         [answer] = await classify_once(url, [buf.getvalue()])
     concepts = answer.response["outputs"][0]["data"]["concepts"]
     assert concepts[0]["name"] == "espresso" and concepts[0]["value"] > 0.5
+
+
+# -- with the dispatch layer -----------------------------------------------------------------------
+
+async def test_through_the_dispatcher_faults_are_retried_and_no_image_is_labelled_twice():
+    from robust_api.dispatch import Dispatcher
+
+    class SmallBatches(ClarifaiProvider):
+        max_batch = 8  # several requests, so faults hit some of them
+
+    knobs = EmulatorKnobs(p_throttle=0.2, p_server_error=0.15, p_reset=0.05, retry_after_s=0.02, seed=4)
+    names = (["red", "green", "blue"] * 14)[:40]
+    async with emulated(knobs) as (emulator, url):
+        provider = SmallBatches.for_emulator(url)
+        dispatcher = Dispatcher(provider, rate_per_s=1000, burst=50, max_attempts=12,
+                                backoff_initial_s=0.01, backoff_max_s=0.05)
+        outcomes = await dispatcher.classify([png(COLOURS[n]) for n in names])
+        await provider.aclose()
+    assert [parse_labels(o.response.response, "clarifai")[0].name for o in outcomes] == [f"{n} thing" for n in names]
+    assert emulator.stats.images_labelled == 40  # every image answered exactly once
+    assert sum(emulator.stats.faults.values()) > 0 and emulator.stats.requests == dispatcher.stats.requests
