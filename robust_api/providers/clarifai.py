@@ -45,17 +45,8 @@ from robust_api.errors import (
     ProviderError,
     RetryableProviderError,
 )
-from robust_api.providers.base import ImageLimits, Pricing, Provider, ProviderResponse
-
-# TODO(lead): import CLARIFAI_LIMITS from robust_api.images once it exists (providers.md section 4:
-# each image under 20 MB and at most 85 Mpixel; JPEG/PNG/TIFF/BMP/WEBP/GIF).
-CLARIFAI_LIMITS = ImageLimits(
-    max_bytes=20 * 1000 * 1000 - 1,
-    min_side_px=1,
-    max_side_px=16_000,
-    formats=("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF"),
-    max_pixels=85_000_000,
-)
+from robust_api.images import CLARIFAI_LIMITS
+from robust_api.providers.base import Pricing, Provider, ProviderResponse
 
 PAT_ENV = "CLARIFAI_PAT"
 AUTH_HINT = f"set {PAT_ENV} to a Clarifai personal access token"

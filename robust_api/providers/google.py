@@ -29,18 +29,8 @@ from robust_api.errors import (
     ProviderError,
     RetryableProviderError,
 )
-from robust_api.providers.base import ImageLimits, Pricing, Provider, ProviderResponse
-
-# TODO(lead): import GOOGLE_LIMITS from robust_api.images once it exists (the figures below come from
-# providers.md section 2). 10 MB per JSON request with base64's 4/3 inflation leaves ~7.3 MB of raw image
-# for a single-image request; 20 MB per image applies only to images Google fetches from storage.
-GOOGLE_LIMITS = ImageLimits(
-    max_bytes=7 * 1024 * 1024,
-    min_side_px=1,
-    max_side_px=16_000,
-    formats=("JPEG", "PNG", "GIF", "BMP", "WEBP"),
-    max_pixels=75_000_000,  # best-practices page: at most 75 Mpixel
-)
+from robust_api.images import GOOGLE_LIMITS
+from robust_api.providers.base import Pricing, Provider, ProviderResponse
 
 API_KEY_ENV = "GOOGLE_API_KEY"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"

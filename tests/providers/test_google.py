@@ -145,6 +145,16 @@ def test_emulator_accepts_string_enums_and_a_key_in_the_query():
     assert reply.json()["responses"][0]["labelAnnotations"][0]["description"] == "Green thing"
 
 
+def test_emulator_refuses_a_json_body_over_ten_megabytes():
+    emulator = GoogleEmulator(mean_colour_labeller)
+    with emulator.running() as url:
+        body = {"requests": [{"image": {"content": "A" * (10 * 1024 * 1024)}, "features": [{"type": 4}]}]}
+        reply = requests.post(f"{url}/v1/images:annotate", json=body, timeout=30,
+                              headers={"x-goog-api-key": EMULATOR_KEY})
+    assert reply.status_code == 400 and reply.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "10485760" in reply.json()["error"]["message"] and emulator.stats.images_labelled == 0
+
+
 def test_emulator_refuses_seventeen_images_in_one_call_through_the_sdk():
     from google.api_core.exceptions import BadRequest
     from google.cloud import vision

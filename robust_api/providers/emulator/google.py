@@ -21,6 +21,7 @@ from aiohttp import web
 from robust_api.providers.emulator.base import Emulator, EmulatorKnobs, Labeller
 
 MAX_REQUESTS_PER_CALL = 16
+MAX_REQUEST_BYTES = 10 * 1024 * 1024  # "Request payload size exceeds the limit: 10485760 bytes."
 LABEL_DETECTION = 4  # google.cloud.vision_v1.Feature.Type.LABEL_DETECTION
 DEFAULT_MAX_RESULTS = 10
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -146,8 +147,13 @@ class GoogleEmulator(Emulator):
         resp = await self.gate(request)
         if resp is not None:
             return resp
+        raw = await request.read()
+        if len(raw) > MAX_REQUEST_BYTES:
+            return self.error_response(
+                "bad_request", f"Request payload size exceeds the limit: {MAX_REQUEST_BYTES} bytes."
+            )
         try:
-            body = json.loads(await request.read())
+            body = json.loads(raw)
             requests = body["requests"]
             if not isinstance(requests, list):
                 raise TypeError("requests must be a list")
@@ -165,7 +171,8 @@ class GoogleEmulator(Emulator):
             if not isinstance(content, str):
                 return self.error_response("bad_request", f"requests[{index}].image: no content given.")
             try:
-                data = base64.b64decode(content, validate=True)
+                # Proto JSON bytes: standard base64, but parsers also take the URL-safe alphabet.
+                data = base64.b64decode(content.replace("-", "+").replace("_", "/"), validate=True)
             except (binascii.Error, ValueError):
                 return self.error_response(
                     "bad_request",
