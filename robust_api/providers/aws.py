@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
+import re
 from typing import Any, Sequence
 
 from robust_api.errors import ConfigError, PermanentProviderError, ProviderError, RetryableProviderError
@@ -34,6 +36,31 @@ _AUTH = {
 _INVALID_IMAGE = {"InvalidImageFormatException", "ImageTooLargeException"}
 _BAD_REQUEST = {"InvalidParameterException", "ValidationException", "SerializationException", "InvalidS3ObjectException"}
 _QUOTA = {"LimitExceededException"}  # no DetectLabels daily quota exists; the emulator uses this for its quota knob
+
+
+# At DEBUG, botocore.endpoint logs every request's headers (the Authorization header's Credential scope holds the
+# access key id; X-Amz-Security-Token the session token) and botocore.auth logs the canonical request (the
+# token again). Credentials must never reach logs, so these loggers get a redacting filter.
+_CREDENTIAL_IN_LOG = re.compile(
+    r"(Credential=)[^/,\s'\"]+|('X-Amz-Security-Token': b?')[^']*|(x-amz-security-token:)\S*", re.IGNORECASE
+)
+_REDACTED_LOGGERS = ("botocore.endpoint", "botocore.auth")
+
+
+class _RedactCredentials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "credential=" in message.lower() or "security-token" in message.lower():
+            record.msg = _CREDENTIAL_IN_LOG.sub(lambda m: next(g for g in m.groups() if g) + "***", message)
+            record.args = None
+        return True
+
+
+def _install_log_redaction() -> None:
+    for name in _REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactCredentials) for f in logger.filters):
+            logger.addFilter(_RedactCredentials())
 
 
 class AWSProvider(Provider):
@@ -78,6 +105,7 @@ class AWSProvider(Provider):
             from botocore.config import Config
         except ImportError as exc:
             raise ConfigError("aws: needs `pip install robust-api[aws]`") from exc
+        _install_log_redaction()
         if max_labels is not None and (not isinstance(max_labels, int) or max_labels < 0):
             raise ConfigError(f"aws: max_labels must be a non-negative integer, not {max_labels!r}")
         if min_confidence is not None and not 0 <= float(min_confidence) <= 100:

@@ -281,3 +281,19 @@ async def test_default_labeller_and_hierarchy_label_a_real_photo():
         for parent in label["Parents"]:
             assert by_name[parent["Name"]]["Confidence"] >= label["Confidence"]
     assert any(label["Parents"] for label in labels)  # the real photo is a cat: it has ancestors
+
+
+async def test_credentials_never_reach_debug_logs(emulator, caplog):
+    import boto3
+
+    canaries = ["AKIACANARY" + uuid.uuid4().hex[:10].upper(), "secret-" + uuid.uuid4().hex, "token-" + uuid.uuid4().hex]
+    session = boto3.session.Session(
+        aws_access_key_id=canaries[0], aws_secret_access_key=canaries[1], aws_session_token=canaries[2],
+        region_name="us-east-1",
+    )
+    caplog.set_level("DEBUG")
+    with pytest.raises(PermanentProviderError) as info:
+        await classify_one(AWSProvider(session=session, endpoint_url=emulator.url), png(COLOURS["red"]))
+    assert "Sending http request" in caplog.text  # botocore did log the request, headers included
+    for canary in canaries:
+        assert canary not in caplog.text and canary not in str(info.value)

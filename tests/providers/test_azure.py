@@ -287,3 +287,13 @@ async def test_default_labeller_tags_a_real_photo(emulator):
         await emu.stop()
     tags = tags_of(result.response)
     assert tags and all(t["name"] == t["name"].lower() and 0.0 <= t["confidence"] <= 1.0 for t in tags)
+
+
+@pytest.mark.parametrize("options", VERSIONS)
+async def test_the_key_never_reaches_debug_logs(emulator, caplog, options):
+    canary = "canary-" + uuid.uuid4().hex
+    caplog.set_level("DEBUG")
+    with pytest.raises(PermanentProviderError):
+        await classify_one(AzureProvider.for_emulator(emulator.url, key=canary, **options), png(COLOURS["red"]))
+    assert caplog.records  # the SDKs did log the call
+    assert canary not in caplog.text
