@@ -61,7 +61,6 @@ class RobustAPI:
         self.emulator = None
         if not online:
             return
-        from robust_api.denoisers import denoiser_identity, load_denoiser
         from robust_api.providers import emulator_class, make_provider, provider_for_emulator
         from robust_api.query_logs import LogIndex, QueryLogWriter
 
@@ -73,10 +72,14 @@ class RobustAPI:
             else:
                 provider = make_provider(api_name, endpoint, **provider_options)
         self.provider = provider
-        if isinstance(denoiser, (str, Path)):
-            denoiser = load_denoiser(denoiser)
+        denoiser_id = None
+        if denoiser is not None:
+            from robust_api.denoisers.registry import denoiser_identity, load_denoiser
+
+            if isinstance(denoiser, (str, Path)):
+                denoiser = load_denoiser(denoiser)
+            denoiser_id = denoiser_identity(denoiser)
         self.denoiser = denoiser
-        denoiser_id = denoiser_identity(denoiser) if denoiser is not None else None
         index = LogIndex.from_logs([log]) if log is not None else LogIndex()
         writer = QueryLogWriter(log) if log is not None else None
         if writer is not None:

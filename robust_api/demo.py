@@ -48,15 +48,11 @@ def run_demo(out_dir: Path, api: str = "aws", sigma: float = 0.25, n0: int = 20,
     """Certify `count` photos with no denoiser and with `denoiser` ('auto' = the shipped one for sigma);
     each run writes out_dir/<run>.jsonl and out_dir/<run>.tsv and is replayed offline for comparison."""
     from robust_api.images import load_image
-    from robust_api.replay import replay_logs
+    from robust_api.replay import replay
     from robust_api.run import RunConfig, run_certification
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = []
-    for name, arr in demo_images(count):
-        loaded = load_image(arr)
-        loaded.name = name
-        images.append(loaded)
+    images = [load_image(arr, name=name) for name, arr in demo_images(count)]
     params = CertifyParams(sigma=sigma, n0=n0, n=n, alpha=alpha)
     chosen = pick_denoiser(sigma) if denoiser == "auto" else denoiser
     runs = []
@@ -65,7 +61,7 @@ def run_demo(out_dir: Path, api: str = "aws", sigma: float = 0.25, n0: int = 20,
         log = out_dir / f"{tag}.jsonl"
         config = RunConfig(api=api, params=params, emulator=True, denoiser=spec, log=log, out=out_dir / f"{tag}.tsv")
         result = run_certification(images, config, progress=progress)
-        replayed = {c.image: c for c in replay_logs([log], sigma=sigma, n0=n0, n=n, alpha=alpha)}
+        replayed = {c.image: c for c in replay([log], sigma=sigma, n0=n0, n=n, alpha=alpha)}
         matches = all(
             replayed[c.image].label == c.label and abs(replayed[c.image].radius_l2 - c.radius_l2) < 1e-12
             for c in result.certificates

@@ -78,7 +78,7 @@ def write_results_tsv(path: str | Path, certificates: Iterable[Certificate]) -> 
         for idx, cert in enumerate(certificates):
             writer.writerow(
                 [
-                    cert.name or idx,
+                    idx,
                     cert.clean_label if cert.clean_label is not None else "",
                     ABSTAIN if cert.label is None else cert.label,
                     f"{cert.radius_l2:.6g}",

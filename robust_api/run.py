@@ -120,7 +120,7 @@ def run_certification(
 def _denoiser(spec: str | None):
     if spec is None or spec in ("", "none"):
         return None, None
-    from robust_api.denoisers import denoiser_identity, load_denoiser
+    from robust_api.denoisers.registry import denoiser_identity, load_denoiser
 
     module = load_denoiser(spec)
     return module, denoiser_identity(module)
