@@ -6,6 +6,18 @@ botocore's retries are off (`retries={"total_max_attempts": 1, "mode": "standard
 request per call), so the dispatch layer is the only retry layer.
 The logged response is boto3's parsed DetectLabels output without `ResponseMetadata`:
 `{"Labels": [{"Name", "Confidence" (0-100), "Parents", ...}], "LabelModelVersion"}`.
+
+Errors (raised by `classify`; the request id comes from ResponseMetadata.RequestId / x-amzn-RequestId):
+  ThrottlingException, ProvisionedThroughputExceededException, HTTP 429 -> Retryable throttled
+  InternalServerError, other 5xx                                       -> Retryable server (504 -> timeout)
+  AccessDeniedException, UnrecognizedClientException, InvalidSignatureException, expired tokens, 401/403
+                                   -> Permanent auth ("... check AWS credentials: AWS_ACCESS_KEY_ID/AWS_PROFILE and AWS_REGION")
+  InvalidImageFormatException, ImageTooLargeException                  -> Permanent invalid_image
+  LimitExceededException                                               -> Permanent quota (not modelled for
+                                      DetectLabels; AWS uses it for service limits, our emulator for its quota knob)
+  InvalidParameterException, other 4xx, client-side parameter errors   -> Permanent bad_request
+  connect/read timeout -> Retryable timeout;  refused / closed connection -> Retryable connection
+  unparsable body, or a 200 without a Labels list                      -> Retryable malformed
 """
 from __future__ import annotations
 

@@ -8,6 +8,18 @@ Both SDKs' own retries are off (azure-core `retry_total=0`; msrest `retry_policy
 `classify` call is exactly one HTTP request: the dispatch layer is the only retry layer.
 Credentials: `endpoint=` / `key=`, else AZURE_VISION_ENDPOINT / AZURE_VISION_KEY, else VISION_ENDPOINT /
 VISION_KEY (the names in Azure's samples). Messages never contain the key.
+
+Errors (raised by `classify`; the request id comes from apim-request-id / x-ms-request-id or `requestId`):
+  401, 403 (other)                    -> Permanent auth ("... check AZURE_VISION_KEY / AZURE_VISION_ENDPOINT")
+  403 "Out of call volume quota ..."  -> Permanent quota
+  429                                 -> Retryable throttled, retry_after_s from retry-after(-ms) or "Try again in N"
+  5xx                                 -> Retryable server (504 and 408 -> timeout)
+  400 InvalidImageFormat / InvalidImageSize / NotSupportedImage / UnsupportedMediaType, 413, "image size"
+                                      -> Permanent invalid_image
+  404                                 -> Permanent bad_request ("... check AZURE_VISION_ENDPOINT")
+  other 4xx                           -> Permanent bad_request
+  read/connect timeout                -> Retryable timeout;  refused / reset -> Retryable connection
+  200 with a body that is not JSON or lacks the tags list -> Retryable malformed
 """
 from __future__ import annotations
 
@@ -245,7 +257,7 @@ class AzureProvider(Provider):
         )
 
     def _http_error(self, status: int | None, headers: Mapping[str, str], text: str) -> ProviderError:
-        """Map one non-200 Azure answer to our taxonomy (see module docstring of the tests for the table)."""
+        """Map one non-200 Azure answer to our taxonomy (the table is in the module docstring)."""
         body = _json_or_none(text)
         error = body.get("error") if isinstance(body, dict) else None
         error = error if isinstance(error, dict) else {}

@@ -8,7 +8,8 @@ Routes, exactly as the official SDKs send them (see /work/shared/reference/provi
 The body is the raw image; the key travels in `Ocp-Apim-Subscription-Key`. Every response carries an
 `apim-request-id` header (v3.2 bodies repeat it as `requestId`). Errors use Azure's
 `{"error": {"code", "message", "innererror"?}}` body. Only the tags feature is emulated; other v3.2 analyze
-features and 4.0 features are ignored (4.0 answers 400 if `tags` is not requested, like a real unsupported feature).
+features and 4.0 features are ignored (4.0 answers 400 if `tags` is not requested, like a real unsupported feature);
+`model-version` and `language` are accepted and ignored (`modelVersion` always reports the emulator's).
 """
 from __future__ import annotations
 
