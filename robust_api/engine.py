@@ -238,7 +238,22 @@ class Engine:
         )
 
     async def _certify_sequential(self, image: LoadedImage, candidate: str, params: CertifyParams):
-        raise ConfigError("sequential mode is not available yet")
+        """Draw estimation samples in rounds (one concurrent round per look of the plan) until the plan
+        certifies or abstains; see robust_api.sequential for why any stopping time keeps the guarantee."""
+        plan = sequential_plan(params)
+        plan_dict = plan.to_dict()
+        extra = {"mode": "sequential", "alpha": params.alpha, "plan": plan_dict}
+        labels: list[str] = []
+        decision = None
+        for look in plan.looks:
+            records = await self.responses(image, "estimation", range(len(labels), look), params.sigma, params.seed, extra)
+            labels += self.labels(records)
+            decision = plan.decide(look, sum(1 for label in labels if label == candidate), candidate)
+            if decision.done:
+                break
+        assert decision is not None and decision.done  # the last look always decides
+        label = decision.label if decision.action == "certify" else ABSTAIN
+        return label, decision.radius, count_labels(labels), plan_dict
 
     async def predict(self, image: LoadedImage, n: int, sigma: float, alpha: float, seed: int | None = None) -> Prediction:
         """Smoothed prediction by majority vote over n noisy samples (binomial-test abstain at level alpha)."""
@@ -255,6 +270,17 @@ async def _gather(*aws):
         if isinstance(result, BaseException):
             raise result
     return results
+
+
+def sequential_plan(params: CertifyParams):
+    """The plan of looks for a sequential run: budget `max_queries` (default n0 + n, what fixed mode spends)."""
+    from robust_api.sequential import SequentialPlan
+
+    budget = params.max_queries if params.max_queries is not None else params.n0 + params.n
+    try:
+        return SequentialPlan(budget, params.alpha, params.sigma, params.target_radius)
+    except ValueError as exc:
+        raise ConfigError(f"sequential plan: {exc}") from None
 
 
 def count_labels(labels: Sequence[str]) -> dict[str, int]:

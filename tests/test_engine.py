@@ -151,3 +151,23 @@ def test_robustapi_reference_signatures_online_and_offline(tmp_path):
     assert offline.predict(logs[5:])[0] == "bright"
     hopeless = [{"predictions": [{"label": name, "score": 1.0}]} for name in ["a", "b"] * 20]
     assert offline.certify(hopeless, 0.25, 10, 30, 0.01) == (-1, 0.0)
+
+
+async def test_sequential_mode_stops_early_both_ways_and_logs_its_plan(tmp_path):
+    from robust_api.sequential import SequentialPlan, certify_sequential
+
+    log = tmp_path / "q.jsonl"
+    params = CertifyParams(sigma=0.25, n0=20, n=100, alpha=0.001, mode="sequential", target_radius=0.3)
+    easy_model = Brightness(threshold=0.3)
+    engine, writer = make_engine(easy_model, log)
+    easy = await engine.certify(grey(0.8), params)  # unanimous: certifies at the first look
+    rng = np.random.default_rng(0)
+    engine.provider._callable = lambda image: {str(rng.integers(4)): 1.0}  # same log; four equally likely labels
+    hopeless = await engine.certify(grey(0.5), params)
+    writer.close()
+    assert easy.label == "bright" and easy.radius_l2 >= 0.3 and easy_model.calls - 1 < 120
+    assert hopeless.label is None and hopeless.calls_paid < 40
+    records = [r for r in read_log(log) if r.phase == "estimation" and r.image == easy.image]
+    plan = SequentialPlan.from_dict(records[0].extra["plan"])
+    replayed = certify_sequential(plan, easy.clean_label, [r.label for r in sorted(records, key=lambda r: r.index)])
+    assert replayed.as_tuple() == ("bright", pytest.approx(easy.radius_l2))
