@@ -136,8 +136,8 @@ class GoogleProvider(Provider):
 
         try:
             credentials, _project = google.auth.default(scopes=[VISION_SCOPE])
-        except DefaultCredentialsError:
-            raise ConfigError(f"google: no credentials found: {AUTH_HINT}") from None
+        except DefaultCredentialsError as exc:  # its text names what ADC looked for (paths, never secrets)
+            raise ConfigError(f"google: no usable credentials: {AUTH_HINT} ({exc})") from None
         return credentials
 
     @classmethod

@@ -195,6 +195,16 @@ async def test_no_credential_is_refused_when_the_emulator_requires_a_key_and_acc
             await classify_once(url, [png(COLOURS["red"])], api_key=CANARY)
 
 
+async def test_a_rejected_oauth_token_is_one_request_and_an_auth_error():
+    from google.oauth2.credentials import Credentials
+
+    async with emulated() as (emulator, url):
+        with pytest.raises(PermanentProviderError) as info:
+            await classify_once(url, [png(COLOURS["red"])], credentials=Credentials(token=CANARY))
+    assert info.value.kind == "auth" and CANARY not in str(info.value)
+    assert emulator.stats.requests == 1  # the 401 triggers a token refresh, which fails without re-sending
+
+
 async def test_the_api_key_is_read_from_google_api_key(monkeypatch):
     monkeypatch.setenv("GOOGLE_API_KEY", EMULATOR_KEY)
     async with emulated() as (_, url):
@@ -208,8 +218,9 @@ def test_missing_credentials_raise_a_config_error_naming_both_env_vars(monkeypat
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     # ADC fails at once (no network probe) when the file it is told to use does not exist.
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
-    with pytest.raises(ConfigError, match="GOOGLE_APPLICATION_CREDENTIALS.*GOOGLE_API_KEY"):
+    with pytest.raises(ConfigError, match="GOOGLE_APPLICATION_CREDENTIALS.*GOOGLE_API_KEY") as info:
         GoogleProvider()
+    assert "missing.json" in str(info.value)  # says which file ADC could not find
 
 
 # -- whole-call failures: one request each, the right kind -------------------------------------------
