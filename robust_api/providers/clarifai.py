@@ -101,7 +101,10 @@ class _SDKLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            message = record.getMessage()
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
+                return True
             redacted = message
             for secret in self.secrets:
                 redacted = redacted.replace(secret, "***")
@@ -120,8 +123,8 @@ class ClarifaiProvider(Provider):
     """Clarifai concepts for up to 128 images per request (split further to keep each body <= 16 MB).
 
     Options: user_id "clarifai", app_id "main", model_id "general-image-recognition", version_id (pin a model
-    version; default: the model's current one); pat (else CLARIFAI_PAT); base_url (default
-    https://api.clarifai.com); timeout_s per HTTP request; max_workers threads for the blocking SDK calls.
+    version; default: the model's current one); pat (else CLARIFAI_PAT); endpoint (default
+    https://api.clarifai.com; "http://127.0.0.1:PORT" for the emulator); timeout_s per HTTP request; max_workers threads for the blocking SDK calls.
     Raises ConfigError when no PAT is configured.
     """
 
