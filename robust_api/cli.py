@@ -182,11 +182,16 @@ def replay_command(
     decision: str = typer.Option("top1", "--decision", help=DECISION_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write Cohen-format results TSV here."),
     table: bool = typer.Option(True, "--table/--no-table", help="Print the per-image certificate table."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, help="Processes reading large logs (default: one per core)."
+    ),
 ) -> None:
     """Recount certificates from query logs without paying for a single call."""
-    from robust_api.replay import replay
+    from robust_api.replay import default_workers, replay
 
-    certificates = replay(logs, rule=decision, alpha=alpha, n0=n0, n=n, sigma=sigma)
+    certificates = replay(
+        logs, rule=decision, alpha=alpha, n0=n0, n=n, sigma=sigma, workers=workers or default_workers()
+    )
     if not certificates:
         raise ConfigError("the logs hold no selection or estimation samples to certify")
     out_console = console()

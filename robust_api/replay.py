@@ -16,6 +16,7 @@ with mode "fixed", a log whose sample count was chosen by looking at the data (e
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from robust_api.errors import ConfigError, LogError, ResponseFormatError
 from robust_api.query_logs.legacy import normalize_response
 from robust_api.query_logs.schema import QueryRecord, settings_key
-from robust_api.query_logs.store import read_log
+from robust_api.query_logs.store import count_lines_before, read_log_range, split_log
 from robust_api.results import ABSTAIN, Certificate
 
 log = logging.getLogger(__name__)
@@ -81,16 +82,23 @@ _UNKNOWN_VERSION = "unknown"
 
 
 class _Collector:
-    """Streams records into groups; keeps only labels, never the raw responses (10^6 responses fit in RAM)."""
+    """Streams records into groups; keeps only labels, never the raw responses (10^6 responses fit in RAM).
 
-    def __init__(self, rule: Rule, sigma: float | None) -> None:
+    Collectors of consecutive pieces of the logs merge in file order (merge()), so parallel reading gives
+    the same groups, order, duplicates and first-record-wins choices as one sequential pass. It logs
+    nothing itself; finish() reports, so worker processes stay silent.
+    """
+
+    def __init__(self, rule: Rule | None, sigma: float | None) -> None:
         self.rule = rule
         self.sigma = sigma
-        self.groups: dict[GroupKey, GroupSamples] = {}
+        self.groups: dict[tuple, GroupSamples] = {}
         self.clean: dict[tuple[str, str, str], str] = {}
-        self.clean_conflicts: set[tuple[str, str, str]] = set()
+        self.clean_conflicts: dict[tuple[str, str, str], str] = {}  # key -> first disagreeing label
         self.sigmas_seen: set[float] = set()
+        self.torn: list[tuple[str, int, int, str]] = []  # (path, line, bytes, reason) of skipped torn lines
         self._settings_cache: dict[str, str] = {}
+        self._labels: dict[str, str] = {}  # one string object per label: less memory, smaller pickles
 
     def _settings_key(self, settings: dict) -> str:
         if not settings:
@@ -102,10 +110,16 @@ class _Collector:
             cached = self._settings_cache[raw] = settings_key(settings)
         return cached
 
+    def on_torn(self, path: str, line: int, nbytes: int, reason: str) -> None:
+        self.torn.append((path, line, nbytes, reason))
+
     def add_records(self, records: Iterable[QueryRecord], source: str) -> None:
         rule = self.rule
+        assert rule is not None
         groups = self.groups
+        labels = self._labels
         want_sigma = self.sigma
+        sigmas_seen = self.sigmas_seen
         for record in records:
             provider = record.provider
             skey = self._settings_key(record.settings)
@@ -115,35 +129,66 @@ class _Collector:
                 raise LogError(
                     source, None, f"{record.phase} sample {record.index} of image {record.image[:16]}: {exc}"
                 ) from None
-            if record.phase == "clean":
-                ckey = (provider, skey, record.image)
-                seen = self.clean.get(ckey)
-                if seen is None:
-                    self.clean[ckey] = label
-                elif seen != label and ckey not in self.clean_conflicts:
-                    self.clean_conflicts.add(ckey)
-                    log.warning(
-                        "image %s: clean responses disagree (%r, then %r); using the first",
-                        record.image[:16], seen, label,
-                    )
+            label = labels.setdefault(label, label)
+            phase = record.phase
+            if phase == "clean":
+                self._add_clean((provider, skey, record.image), label)
                 continue
             sigma = record.sigma
-            self.sigmas_seen.add(sigma)
+            if sigma not in sigmas_seen:
+                sigmas_seen.add(sigma)
             if want_sigma is not None and not math.isclose(sigma, want_sigma, rel_tol=1e-9, abs_tol=1e-12):
                 continue
             denoiser = record.denoiser
-            gkey = GroupKey(provider, skey, record.image, sigma, denoiser["sha256"] if denoiser else None, record.seed)
+            gkey = (provider, skey, record.image, sigma, denoiser["sha256"] if denoiser else None, record.seed)
             group = groups.get(gkey)
             if group is None:
-                group = groups[gkey] = GroupSamples(gkey, denoiser, source=source)
-            samples = group.selection if record.phase == "selection" else group.estimation
-            if record.index in samples:
+                group = groups[gkey] = GroupSamples(GroupKey(*gkey), denoiser, source=source)
+            samples = group.selection if phase == "selection" else group.estimation
+            index = record.index
+            if index in samples:
                 group.duplicates += 1
                 continue
-            samples[record.index] = (label, record.latency_ms)
-            group.model_versions.add(record.model_version or _UNKNOWN_VERSION)
+            samples[index] = (label, record.latency_ms)
+            version = record.model_version or _UNKNOWN_VERSION
+            if version not in group.model_versions:
+                group.model_versions.add(version)
+
+    def _add_clean(self, ckey: tuple[str, str, str], label: str) -> None:
+        seen = self.clean.get(ckey)
+        if seen is None:
+            self.clean[ckey] = label
+        elif seen != label and ckey not in self.clean_conflicts:
+            self.clean_conflicts[ckey] = label
+
+    def merge(self, later: "_Collector") -> None:
+        """Fold in the collector of the next piece of the logs (records that come after all of ours)."""
+        for gkey, theirs in later.groups.items():
+            mine = self.groups.get(gkey)
+            if mine is None:
+                self.groups[gkey] = theirs
+                continue
+            for ours, new in ((mine.selection, theirs.selection), (mine.estimation, theirs.estimation)):
+                for index, sample in new.items():
+                    if index in ours:
+                        mine.duplicates += 1
+                    else:
+                        ours[index] = sample
+            mine.duplicates += theirs.duplicates
+            mine.model_versions |= theirs.model_versions
+        for ckey, label in later.clean.items():
+            self._add_clean(ckey, label)
+        for ckey, label in later.clean_conflicts.items():
+            self.clean_conflicts.setdefault(ckey, label)
+        self.sigmas_seen |= later.sigmas_seen
+        self.torn.extend(later.torn)
 
     def finish(self) -> list[GroupSamples]:
+        for path, line, nbytes, reason in self.torn:
+            log.warning("%s:%d: skipping torn final line (%d bytes; an interrupted write): %s", path, line, nbytes, reason)
+        for (_, _, image), other in self.clean_conflicts.items():
+            first = self.clean[(_, _, image)]
+            log.warning("image %s: clean responses disagree (%r, then %r); using the first", image[:16], first, other)
         if self.sigma is not None and not self.groups and self.sigmas_seen:
             shown = ", ".join(f"{s:g}" for s in sorted(self.sigmas_seen))
             raise ConfigError(f"no samples with sigma {self.sigma:g}; the logs hold sigma {shown}")
@@ -162,6 +207,88 @@ class _Collector:
                     k.image[:16], k.sigma, ", ".join(sorted(group.model_versions)),
                 )
         return out
+
+
+# -- parallel reading -------------------------------------------------------------------------------
+
+# Pieces of about this size are read by worker processes; smaller logs are read in-process.
+PARALLEL_PIECE_BYTES = 32 << 20
+
+_worker_rule: Rule | None = None
+_worker_sigma: float | None = None
+
+
+def _worker_init(rule: Rule, sigma: float | None) -> None:
+    global _worker_rule, _worker_sigma
+    _worker_rule, _worker_sigma = rule, sigma
+
+
+def _worker_scan(task: tuple[str, int, int | None]) -> tuple[str, Any]:
+    """Collect one byte range of one log in a worker; a LogError comes back as data (it does not pickle)."""
+    path, start, end = task
+    collector = _Collector(_worker_rule, _worker_sigma)
+    try:
+        collector.add_records(read_log_range(path, start, end, on_torn=collector.on_torn), path)
+    except LogError as exc:
+        return "log_error", (exc.path, exc.line, exc.reason)
+    collector.rule = None
+    collector._settings_cache.clear()
+    collector._labels.clear()
+    return "ok", collector
+
+
+def _fork_context():
+    import multiprocessing
+
+    # fork shares the rule (any callable) with the workers without pickling it
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return multiprocessing.get_context("fork")
+
+
+def default_workers() -> int:
+    """Worker processes the CLI uses for large logs: one per core, at most 8."""
+    import os
+
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _collect(paths: Sequence[str | Path], rule: Rule, sigma: float | None, workers: int) -> _Collector:
+    """Read and decide every record; large logs are cut into pieces read by `workers` processes."""
+    collector = _Collector(rule, sigma)
+    ctx = _fork_context() if workers > 1 else None
+    tasks: list[tuple[str, int, int | None]] = []
+    for path in paths:
+        p = Path(path)
+        size = p.stat().st_size if p.is_file() else 0
+        if ctx is None or size < 2 * PARALLEL_PIECE_BYTES:
+            tasks.append((str(path), 0, None))
+        else:
+            pieces = max(workers, size // PARALLEL_PIECE_BYTES)
+            tasks.extend((str(path), a, b) for a, b in split_log(p, int(pieces)))
+    if ctx is None or len(tasks) == len(paths):
+        for path, _, _ in tasks:
+            collector.add_records(read_log_range(path, on_torn=collector.on_torn), path)
+        return collector
+
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rule, sigma))
+    try:
+        futures = [pool.submit(_worker_scan, task) for task in tasks]
+        for (path, start, _), future in zip(tasks, futures):  # merged in file order: first record wins
+            status, payload = future.result()
+            if status == "log_error":
+                err_path, line, reason = payload
+                if line is not None and start:  # line numbers are relative to the piece
+                    line += count_lines_before(path, start)
+                raise LogError(err_path, line, reason)
+            if start:
+                payload.torn = [(p, ln + count_lines_before(p, start), nb, r) for p, ln, nb, r in payload.torn]
+            collector.merge(payload)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return collector
 
 
 # -- certification ----------------------------------------------------------------------------------
@@ -208,13 +335,29 @@ def _certify_fixed(group: GroupSamples, opts: ReplayOptions) -> Certificate:
             group.key.image[:16], group.key.sigma, len(selection), len(estimation),
         )
     counts_selection, counts_estimation = _count(selection), _count(estimation)
-    label, radius = smoothing.certify(counts_selection, counts_estimation, group.key.sigma, opts.alpha)
-    p_lower = None
     n_est = len(estimation)
+    p_lower = None
     if counts_selection and n_est:
         candidate = smoothing.top_label(counts_selection)
-        p_lower = smoothing.lower_confidence_bound(counts_estimation.get(candidate, 0), n_est, opts.alpha)
+        certified, radius, p_lower = _certify_count(counts_estimation.get(candidate, 0), n_est, group.key.sigma, opts.alpha)
+        label: str | int = candidate if certified else ABSTAIN
+    else:
+        label, radius = smoothing.certify(counts_selection, counts_estimation, group.key.sigma, opts.alpha)
     return _certificate(group, opts, label, radius, p_lower, counts_selection, counts_estimation, selection + estimation)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _certify_count(k: int, n: int, sigma: float, alpha: float) -> tuple[bool, float, float]:
+    """smoothing.certify for a candidate with k of n estimation votes -> (certified, radius, p_lower).
+
+    CERTIFY depends on the counts only through (k, n), so images with equal (k, n) share one beta quantile
+    computation (10,000 images at n = 100 need at most 101).
+    """
+    from robust_api import smoothing
+
+    votes = {"candidate": k, "rest": n - k} if n > k else {"candidate": k}
+    label, radius = smoothing.certify({"candidate": 1}, votes, sigma, alpha)
+    return label != ABSTAIN, float(radius), smoothing.lower_confidence_bound(k, n, alpha)
 
 
 # mode name -> certifier(group, options) -> Certificate. Add "clean" / "sequential" here.
@@ -304,10 +447,13 @@ def replay(
     n: int | None = None,
     sigma: float | None = None,
     mode: str = "fixed",
+    workers: int = 1,
 ) -> list[Certificate]:
     """Certificates from JSONL query logs (see replay_records); the logs are read as a stream.
 
-    Raises LogError for unreadable or corrupt logs (naming file and line), ConfigError for bad options.
+    workers > 1 reads logs larger than 64 MB in that many forked processes (same result as one pass; the
+    CLI uses one per core). Raises LogError for unreadable or corrupt logs (naming file and line),
+    ConfigError for bad options.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -316,9 +462,7 @@ def replay(
         raise ConfigError("no query logs given")
     _check_options(alpha, n0, n, mode, sigma)
     rule = resolve_rule(rule)
-    collector = _Collector(rule, sigma)
-    for path in paths:
-        collector.add_records(read_log(path), str(path))
+    collector = _collect(paths, rule, sigma, max(1, int(workers)))
     return _certify_groups(collector.finish(), ReplayOptions(alpha, n0, n, mode, getattr(rule, "name", "custom")))
 
 

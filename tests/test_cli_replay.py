@@ -60,7 +60,7 @@ def test_replay_prints_certificates_summary_and_writes_cohen_tsv(tmp_path, capsy
     assert out.read_text().splitlines()[0] == "\t".join(TSV_HEADER) == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
     rows = read_results_tsv(out)
     assert [(r["idx"], r["label"], r["predict"], r["correct"]) for r in rows] == [
-        ("img-a", "cat", "cat", "1"), ("img-b", "cat", "-1", "0")
+        ("0", "cat", "cat", "1"), ("1", "cat", "-1", "0")
     ]
     assert float(rows[0]["radius"]) == pytest.approx(0.25 * 1.5005, abs=2e-3) and float(rows[1]["radius"]) == 0.0
 

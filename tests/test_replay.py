@@ -10,6 +10,7 @@ import pytest
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
+import robust_api.replay
 from robust_api.errors import ConfigError, LogError
 from robust_api.query_logs import QueryLogWriter, QueryRecord, import_legacy
 from robust_api.replay import certify_responses, predict_responses, replay, replay_records
@@ -245,3 +246,46 @@ def test_predict_responses_majority_and_binomial_abstain():
     assert predict_responses([[]], provider="azure")[0] == "none"  # empty response is its own class
     with pytest.raises(ConfigError):
         predict_responses([], provider="azure")
+
+
+def _many_images_log(path, images=30):
+    records = []
+    for k in range(images):
+        sel = ["cat"] * 8 + ["dog"] * 2 if k % 3 else ["dog"] * 10
+        est = ["cat"] * (40 + k) + ["dog"] * (60 - k)
+        records += image_records(sel, est, image=f"img-{k:03d}", sigma=0.25 if k % 4 else 0.5)
+    write_log(path, records)
+
+
+def test_parallel_reading_gives_exactly_the_sequential_result(tmp_path, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    _many_images_log(path)
+    with open(path, "ab") as fh:  # duplicates that land in a later piece: the first record must still win
+        for r in [record(0, "estimation", "dog", image="img-001"), record(5, "selection", "cat", image="img-000", sigma=0.5)]:
+            fh.write(r.to_json_line().encode())
+    serial = replay(path)
+    monkeypatch.setattr(robust_api.replay, "PARALLEL_PIECE_BYTES", 20_000)
+    parallel = replay(path, workers=2)
+    assert len(serial) == 30
+    assert [(_essence(c), c.extra) for c in parallel] == [(_essence(c), c.extra) for c in serial]
+    assert parallel[1].extra["duplicates"] == 1 and parallel[0].extra["duplicates"] == 1
+    custom = replay(path, workers=2, rule=lambda response, provider=None: "same")  # any callable, no pickling
+    assert all(c.counts_estimation == {"same": 100} for c in custom)
+
+
+def test_parallel_reading_reports_file_line_numbers(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "log.jsonl"
+    _many_images_log(path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad_line = len(lines) - 40
+    lines[bad_line - 1] = b'{"schema": 1, "oops"\n'
+    path.write_bytes(b"".join(lines))
+    monkeypatch.setattr(robust_api.replay, "PARALLEL_PIECE_BYTES", 20_000)
+    with pytest.raises(LogError) as err:
+        replay(path, workers=2)
+    assert err.value.line == bad_line and err.value.path == str(path)
+    lines[bad_line - 1] = record(0, "estimation", "cat", image="img-x").to_json_line().encode()
+    path.write_bytes(b"".join(lines) + b'{"schema":1,"run"')
+    with caplog.at_level(logging.WARNING):
+        replay(path, workers=2)
+    assert f"log.jsonl:{len(lines) + 1}: skipping torn final line" in caplog.text

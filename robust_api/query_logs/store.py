@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 from robust_api.errors import LogError
 from robust_api.query_logs.schema import QueryRecord
@@ -54,6 +54,13 @@ def _open_for_reading(path: str | Path) -> IO[bytes]:
         raise LogError(p, None, f"cannot open query log: {exc.strerror or exc}") from None
 
 
+TornLineHandler = Callable[[str, int, int, str], None]
+
+
+def _warn_torn(name: str, lineno: int, nbytes: int, reason: str) -> None:
+    log.warning("%s:%d: skipping torn final line (%d bytes; an interrupted write): %s", name, lineno, nbytes, reason)
+
+
 def read_log(path: str | Path) -> Iterator[QueryRecord]:
     """Yield the records of one JSONL log in file order.
 
@@ -62,29 +69,84 @@ def read_log(path: str | Path) -> Iterator[QueryRecord]:
     naming the file and line: corrupt JSON, unknown schema version, missing or ill-typed fields.
     Blank lines are skipped. An empty file yields nothing; a missing file or a directory raises LogError.
     """
+    return read_log_range(path)
+
+
+def read_log_range(
+    path: str | Path, start: int = 0, end: int | None = None, on_torn: TornLineHandler | None = None
+) -> Iterator[QueryRecord]:
+    """read_log restricted to the lines that start in bytes [start, end) (start must be a line start).
+
+    For parallel readers: line numbers in errors count from `start` (line 1 = the line at `start`);
+    a torn final line is reported to on_torn(path, line, nbytes, reason) (default: a logged warning).
+    """
     name = str(path)
+    on_torn = on_torn or _warn_torn
     fh = _open_for_reading(path)
+    loads, from_dict = _loads, _from_dict
     with fh:
         lineno = 0
+        pos = start
+        stop = float("inf") if end is None else end
         try:
+            if start:
+                fh.seek(start)
             for raw in fh:
+                if pos >= stop:
+                    return
+                pos += len(raw)
                 lineno += 1
-                if raw[-1:] != b"\n":  # only the last line can lack its newline
+                if raw[-1] != 10:  # no newline: the last line of the file, possibly a torn write
                     try:
                         record = _parse_line(raw, name, lineno)
                     except LogError as exc:
-                        log.warning(
-                            "%s:%d: skipping torn final line (%d bytes; an interrupted write): %s",
-                            name, lineno, len(raw), exc.reason,
-                        )
+                        on_torn(name, lineno, len(raw), exc.reason)
                         return
                     yield record
                     return
-                if raw.isspace():
-                    continue
-                yield _parse_line(raw, name, lineno)
+                try:
+                    obj = loads(raw)
+                except RecursionError:
+                    raise LogError(name, lineno, "not valid JSON (nested too deeply)") from None
+                except ValueError as exc:
+                    if raw.isspace():
+                        continue
+                    raise LogError(name, lineno, f"not valid JSON ({_short(exc)})") from None
+                yield from_dict(obj, name, lineno)
         except OSError as exc:
             raise LogError(name, lineno or None, f"read error: {exc.strerror or exc}") from None
+
+
+def split_log(path: str | Path, parts: int) -> list[tuple[int, int]]:
+    """Cut a log into about `parts` byte ranges [start, end) that begin at line starts (for parallel reads)."""
+    p = Path(path)
+    fh = _open_for_reading(p)
+    with fh:
+        size = os.fstat(fh.fileno()).st_size
+        cuts = [0]
+        for k in range(1, max(1, parts)):
+            fh.seek(max(cuts[-1], size * k // parts))
+            fh.readline()  # move to the next line start
+            offset = fh.tell()
+            if cuts[-1] < offset < size:
+                cuts.append(offset)
+        cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, size)]
+
+
+def count_lines_before(path: str | Path, offset: int) -> int:
+    """How many lines end before byte `offset` (to turn a range-relative line number into a file one)."""
+    fh = _open_for_reading(path)
+    count = 0
+    with fh:
+        remaining = offset
+        while remaining > 0:
+            chunk = fh.read(min(remaining, 1 << 22))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return count
 
 
 def read_logs(paths: Iterable[str | Path]) -> Iterator[QueryRecord]:
