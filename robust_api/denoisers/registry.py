@@ -1,0 +1,130 @@
+"""Shipped denoisers as values with metadata (like torchvision's weights enums), and `load_denoiser`.
+
+`load_denoiser("dncnn-s25-mse")` resolves a registry name to the file inside the package and verifies its sha256;
+any other string is a checkpoint path (reference format or ours). `denoiser_identity` gives the {"name", "sha256"}
+pair the query logs record, so a cached sample is only reused with the same weights.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robust_api.errors import CheckpointError
+from robust_api.denoisers.checkpoints import load_checkpoint
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class DenoiserWeights:
+    """One shipped denoiser: file name inside denoisers/weights/, sha256 of that file, and its metadata."""
+
+    name: str
+    filename: str
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.filename
+
+
+def _entries() -> dict[str, DenoiserWeights]:
+    from robust_api.denoisers.shipped import SHIPPED
+
+    return {w.name: w for w in SHIPPED}
+
+
+def list_denoisers() -> list[DenoiserWeights]:
+    """Every shipped denoiser, in registry order."""
+    return list(_entries().values())
+
+
+def get_weights(name: str) -> DenoiserWeights | None:
+    return _entries().get(name)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes; CheckpointError when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read denoiser checkpoint: {exc.strerror}") from exc
+    return h.hexdigest()
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A registry name -> its verified file; anything else -> that path. CheckpointError on sha256 mismatch."""
+    entry = get_weights(str(name_or_path)) if isinstance(name_or_path, str) else None
+    if entry is None:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            known = ", ".join(_entries()) or "none"
+            raise CheckpointError(f"{name_or_path}: neither a shipped denoiser (known: {known}) nor an existing file")
+        return path
+    actual = file_sha256(entry.path)
+    if actual != entry.sha256:
+        raise CheckpointError(
+            f"shipped denoiser {entry.name}: sha256 of {entry.path.name} is {actual[:16]}..., "
+            f"expected {entry.sha256[:16]}... (file corrupted or replaced; reinstall robust-api)"
+        )
+    return entry.path
+
+
+def load_denoiser(
+    name_or_path: str | Path, device: str | torch.device | None = None, *, trusted: bool = False
+) -> nn.Module:
+    """The denoiser (eval mode, on `device` or CPU) for a shipped name or a checkpoint path.
+
+    Images in [0,1] NCHW in and out. The module carries `.denoiser_name` and `.denoiser_sha256` for the query logs.
+    Raises CheckpointError for unknown names, tampered shipped files and non-checkpoint files.
+    """
+    path = resolve_path(name_or_path)
+    loaded = load_checkpoint(path, device=device, trusted=trusted)
+    module = loaded.module
+    entry = get_weights(str(name_or_path)) if isinstance(name_or_path, str) else None
+    module.denoiser_name = entry.name if entry else str(name_or_path)
+    module.denoiser_sha256 = entry.sha256 if entry else file_sha256(path)
+    module.denoiser_meta = dict(entry.meta) if entry else dict(loaded.meta)
+    return module
+
+
+def denoiser_identity(module_or_name: nn.Module | str | Path | None) -> dict[str, str] | None:
+    """{"name", "sha256"} of a denoiser (module from load_denoiser, shipped name, or path); None for no denoiser.
+
+    A module not loaded through load_denoiser is identified by the sha256 of its state_dict tensors.
+    """
+    if module_or_name is None:
+        return None
+    if isinstance(module_or_name, nn.Module):
+        name = getattr(module_or_name, "denoiser_name", None)
+        sha = getattr(module_or_name, "denoiser_sha256", None)
+        if name and sha:
+            return {"name": str(name), "sha256": str(sha)}
+        return {"name": type(module_or_name).__name__, "sha256": state_dict_sha256(module_or_name)}
+    entry = get_weights(str(module_or_name))
+    if entry is not None:
+        return {"name": entry.name, "sha256": entry.sha256}
+    path = resolve_path(module_or_name)
+    return {"name": str(module_or_name), "sha256": file_sha256(path)}
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over (key, dtype, shape, bytes) of every state_dict entry, in key order."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()

