@@ -140,6 +140,7 @@ def _missing_field(path):
     [
         (None, ["replay", "{tmp}/missing.jsonl"], "missing.jsonl: no such query log"),
         (None, ["replay", "{tmp}"], "is a directory"),
+        (lambda p: p.write_bytes(b""), ["replay", "{log}"], "the logs hold no selection or estimation samples"),
         (_corrupt_middle, ["replay", "{log}"], "run.jsonl:6: not valid JSON"),
         (_unknown_schema, ["replay", "{log}"], "run.jsonl:4: schema version 3 is not supported (this robust-api reads 1)"),
         (_missing_field, ["replay", "{log}"], "run.jsonl:1: missing field 'image'"),
