@@ -14,7 +14,7 @@ from robust_api.query_logs.legacy import (
     normalize_response,
 )
 from robust_api.query_logs.schema import PHASES, SCHEMA_VERSION, QueryRecord, SampleKey, sample_key, settings_key
-from robust_api.query_logs.store import QueryLogWriter, read_log, read_logs
+from robust_api.query_logs.store import QueryLogWriter, read_log, read_log_range, read_logs
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -26,6 +26,7 @@ __all__ = [
     "QueryLogWriter",
     "read_log",
     "read_logs",
+    "read_log_range",
     "LogIndex",
     "LEGACY_PROVIDERS",
     "ImportSummary",

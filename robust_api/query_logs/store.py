@@ -216,7 +216,9 @@ class QueryLogWriter:
                 try:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
-                    raise LogError(self.path, None, "query log is in use by another robust-api process") from None
+                    raise LogError(
+                        self.path, None, "query log is already open for writing (another robust-api run holds it)"
+                    ) from None
             self._repair_tail()
         except BaseException:
             fh.close()

@@ -148,7 +148,7 @@ def test_writer_truncates_file_that_is_only_a_torn_line(tmp_path):
 def test_second_writer_on_same_log_is_refused(tmp_path):
     path = tmp_path / "log.jsonl"
     with QueryLogWriter(path):
-        with pytest.raises(LogError, match="in use by another"):
+        with pytest.raises(LogError, match="already open for writing"):
             QueryLogWriter(path)
     with QueryLogWriter(path) as w:  # lock released on close
         w.write(rec(0))
