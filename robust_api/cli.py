@@ -223,6 +223,269 @@ def import_legacy_command(
     )
 
 
+API_HELP = "Provider: azure, google, aws, clarifai or local."
+
+
+def _knobs(latency_ms: float, jitter_ms: float, rate: Optional[float], burst: int, p_throttle: float, p_5xx: float,
+           p_timeout: float, p_malformed: float, p_reset: float, retry_after: Optional[float], timeout_hang_s: float,
+           quota: Optional[int], api_key: Optional[str], seed: int):
+    from robust_api.providers.emulator.base import EMULATOR_KEY, EmulatorKnobs
+
+    for name, p in (("--p-throttle", p_throttle), ("--p-5xx", p_5xx), ("--p-timeout", p_timeout),
+                    ("--p-malformed", p_malformed), ("--p-reset", p_reset)):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"{name} must be a probability in [0, 1], got {p}")
+    return EmulatorKnobs(
+        latency_ms=latency_ms, latency_jitter_ms=jitter_ms, rate_per_s=rate, burst=burst, p_throttle=p_throttle,
+        p_server_error=p_5xx, p_timeout=p_timeout, p_malformed=p_malformed, p_reset=p_reset,
+        retry_after_s=retry_after, timeout_hang_s=timeout_hang_s, daily_quota=quota,
+        api_key=EMULATOR_KEY if api_key is None else (api_key or None), seed=seed,
+    )
+
+
+def _provider_options(api: str, azure_api_version: Optional[str], min_confidence: Optional[float]) -> dict:
+    options: dict = {}
+    if azure_api_version is not None:
+        if api != "azure":
+            raise ConfigError("--azure-api-version applies to --api azure only")
+        options["api_version"] = azure_api_version
+    if min_confidence is not None:
+        if api != "aws":
+            raise ConfigError("--min-confidence applies to --api aws only")
+        options["min_confidence"] = min_confidence
+    return options
+
+
+def _images(paths: Sequence[Path]) -> list:
+    from robust_api.images import load_image
+
+    return [load_image(p) for p in paths]
+
+
+@app.command("certify")
+def certify_command(
+    images: List[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files to certify."),
+    api: str = typer.Option(..., "--api", help=API_HELP),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Provider URL override (e.g. an emulator)."),
+    emulator: bool = typer.Option(False, "--emulator", help="Start the provider's emulator in-process (dry run, no credentials)."),
+    sigma: float = typer.Option(0.25, "--sigma", help="Gaussian noise level (pixels in [0, 1])."),
+    n0: int = typer.Option(20, "--n0", help="Selection samples (fixed mode)."),
+    n: int = typer.Option(100, "--n", help="Estimation samples (fixed and clean modes)."),
+    alpha: float = typer.Option(0.001, "--alpha", help="Failure probability of each certificate."),
+    mode: str = typer.Option("fixed", "--mode", help="fixed (Cohen: N0 + N), clean (candidate = clean label, N), "
+                             "or sequential (rounds, early stop; budget --max-queries)."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sequential budget per image (default n0 + n)."),
+    target_radius: Optional[float] = typer.Option(None, "--target-radius", help="Sequential: stop once this radius is certified."),
+    denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Shipped denoiser name or checkpoint path."),
+    log: Optional[Path] = typer.Option(None, "--log", help="JSONL query log: appended to, and read as a cache (rerun pays nothing logged)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write Cohen-format results TSV here."),
+    decision: str = typer.Option("top1", "--decision", help=DECISION_HELP),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="Provider calls in flight at once."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second (default: the provider's documented default)."),
+    max_attempts: int = typer.Option(6, "--max-attempts", min=1, help="Attempts per sample before giving up."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Per-call timeout in seconds."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed (same seed = same noisy copies = cache hits)."),
+    azure_api_version: Optional[str] = typer.Option(None, "--azure-api-version", help="Azure: 4.0 (default) or 3.2."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="AWS: MinConfidence (0-100) sent with each call."),
+    emu_p_throttle: float = typer.Option(0.0, "--emu-p-throttle", help="With --emulator: probability of a throttling reply."),
+    emu_p_5xx: float = typer.Option(0.0, "--emu-p-5xx", help="With --emulator: probability of a 5xx reply."),
+    emu_p_timeout: float = typer.Option(0.0, "--emu-p-timeout", help="With --emulator: probability of a hang."),
+    emu_p_malformed: float = typer.Option(0.0, "--emu-p-malformed", help="With --emulator: probability of a malformed body."),
+    emu_p_reset: float = typer.Option(0.0, "--emu-p-reset", help="With --emulator: probability of a connection reset."),
+    emu_latency_ms: float = typer.Option(0.0, "--emu-latency-ms", help="With --emulator: added latency."),
+    table: bool = typer.Option(True, "--table/--no-table", help="Print the per-image certificate table."),
+) -> None:
+    """Certify images against a provider: noise -> denoise -> query -> log -> certificate."""
+    from robust_api.engine import CertifyParams
+    from robust_api.run import RunConfig, run_certification
+
+    if emulator and endpoint:
+        raise ConfigError("give --emulator or --endpoint, not both")
+    params = CertifyParams(sigma=sigma, n0=n0, n=n, alpha=alpha, mode=mode, seed=seed,
+                           max_queries=max_queries, target_radius=target_radius)
+    knobs = None
+    if emulator:
+        knobs = _knobs(emu_latency_ms, 0.0, None, 1, emu_p_throttle, emu_p_5xx, emu_p_timeout, emu_p_malformed,
+                       emu_p_reset, 1.0, min(5.0, timeout_s), None, None, seed)
+    config = RunConfig(
+        api=api, params=params, endpoint=endpoint, emulator=emulator, emulator_knobs=knobs, denoiser=denoiser,
+        log=log, out=out, decision=decision, concurrency=concurrency, rate_per_s=rate, max_attempts=max_attempts,
+        timeout_s=timeout_s, provider_options=_provider_options(api, azure_api_version, min_confidence),
+    )
+    loaded = _images(images)
+    result = _run_with_progress(loaded, config)
+    out_console = console()
+    if table:
+        out_console.print(certificate_table(result.certificates))
+    print_summary(result.certificates, out_console)
+    out_console.print(_run_line(result))
+    if out is not None:
+        out_console.print(f"wrote {len(result.certificates)} result(s) to {out}")
+
+
+def _run_line(result) -> str:
+    s = result.stats
+    retries = ", ".join(f"{k} {v}" for k, v in sorted(s.retries.items())) or "none"
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(s.failures.items())) or "none"
+    return (f"billable calls {s.billable_calls} (~${result.cost_usd:.2f}), cache hits {s.cache_hits}, "
+            f"requests {s.requests}, retries: {retries}, failures: {failures}")
+
+
+def _run_with_progress(images: list, config):
+    """run_certification with a live progress bar on stderr (images, calls, cache hits, retries, cost)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from robust_api.run import run_certification
+
+    with Progress(
+        TextColumn("[bold]certify[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"), console=console(stderr=True), transient=True,
+    ) as progress:
+        task = progress.add_task("certify", total=len(images), info="")
+
+        def update(event, stats, done) -> None:
+            retries = sum(stats.retries.values())
+            progress.update(task, completed=done, info=(
+                f"calls {stats.billable_calls}  cache {stats.cache_hits}  retries {retries}"))
+
+        return run_certification(images, config, progress=update)
+
+
+@app.command("emulate")
+def emulate_command(
+    name: str = typer.Argument(..., metavar="NAME", help="azure, google, aws or clarifai."),
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0 = any free port)."),
+    latency_ms: float = typer.Option(0.0, "--latency-ms", help="Mean added latency per request."),
+    jitter_ms: float = typer.Option(0.0, "--jitter-ms", help="Uniform +/- jitter around the latency."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Token-bucket rate limit (requests/s); excess gets the provider's throttling error."),
+    burst: int = typer.Option(1, "--burst", min=1, help="Token-bucket size."),
+    p_throttle: float = typer.Option(0.0, "--p-throttle", help="Probability of a throttling reply."),
+    p_5xx: float = typer.Option(0.0, "--p-5xx", help="Probability of a 5xx reply."),
+    p_timeout: float = typer.Option(0.0, "--p-timeout", help="Probability of a hang, then a dropped connection."),
+    p_malformed: float = typer.Option(0.0, "--p-malformed", help="Probability of an unparsable body."),
+    p_reset: float = typer.Option(0.0, "--p-reset", help="Probability of a connection reset."),
+    retry_after: Optional[float] = typer.Option(1.0, "--retry-after", help="Retry-After seconds on throttling/503 (where the provider sends it)."),
+    timeout_hang_s: float = typer.Option(30.0, "--hang-s", help="How long a timeout fault hangs."),
+    quota: Optional[int] = typer.Option(None, "--quota", help="Requests before the provider's quota-exhausted error."),
+    api_key: Optional[str] = typer.Option(None, "--key", help="Credential to accept (default: the emulator key 'emulator-key'; '' accepts any)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fault draws."),
+) -> None:
+    """Serve a provider's wire-accurate emulator (backed by the offline ImageNet classifier) until Ctrl-C."""
+    from robust_api.providers.emulator import serve
+
+    knobs = _knobs(latency_ms, jitter_ms, rate, burst, p_throttle, p_5xx, p_timeout, p_malformed, p_reset,
+                   retry_after, timeout_hang_s, quota, api_key, seed)
+
+    def ready(url: str) -> None:
+        console().print(f"{name} emulator listening on {url} (Ctrl-C to stop)")
+        sys.stdout.flush()
+
+    try:
+        serve(name, port, knobs, on_ready=ready)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+
+
+@app.command("plan")
+def plan_command(
+    sigma: float = typer.Option(..., "--sigma", help="Noise level."),
+    radius: Optional[float] = typer.Option(None, "--radius", help="Target L2 radius: minimum calls to reach it."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Estimation calls per image: maximum radius reachable."),
+    alpha: float = typer.Option(0.001, "--alpha", help="Failure probability."),
+    agreement: float = typer.Option(1.0, "--agreement", help="Fraction of noisy samples agreeing with the candidate (1 = all)."),
+    api: Optional[str] = typer.Option(None, "--api", help="Price and rate of this provider (default: all four)."),
+    images: int = typer.Option(1, "--images", min=1, help="Number of images (for cost and time)."),
+    mode: str = typer.Option("fixed", "--mode", help="fixed adds N0 selection calls; clean/sequential do not."),
+    n0: int = typer.Option(20, "--n0", help="Selection calls in fixed mode."),
+) -> None:
+    """Calls needed for a radius, or radius reachable with a budget, with cost (list prices) and time at the rate limit."""
+    from rich.table import Table
+
+    from robust_api import planner
+    from robust_api.providers import provider_class
+
+    if (radius is None) == (budget is None):
+        raise ConfigError("give exactly one of --radius or --budget")
+    try:
+        if radius is not None:
+            n = planner.min_calls_for_radius(radius, sigma, alpha, agreement)
+            if n is None:
+                raise ConfigError(f"radius {radius:g} is out of reach at sigma {sigma:g}, alpha {alpha:g}, agreement {agreement:g}")
+            headline = f"minimum estimation calls for radius {radius:g}: {n}"
+        else:
+            n = budget
+            best = planner.max_radius_for_budget(budget, sigma, alpha, agreement)
+            headline = (f"maximum radius with {budget} estimation calls: "
+                        + ("none (abstains: p_A lower bound < 0.5)" if best is None else f"{best:.3f}"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    calls = planner.calls_per_image(n, mode, n0)
+    out = console()
+    out.print(f"{headline}  (sigma {sigma:g}, alpha {alpha:g}, agreement {agreement:g})")
+    out.print(f"calls per image in {mode} mode: {calls} (incl. 1 clean query{'' if mode != 'fixed' else f' and N0={n0}'})")
+    table = Table(title=f"Cost for {images} image(s)", title_justify="left")
+    for col in ("provider", "USD / 1000", "price as of", "default rate /s", "cost USD", "time at rate"):
+        table.add_column(col, justify="right" if col != "provider" else "left")
+    for name in [api] if api else ["azure", "google", "aws", "clarifai"]:
+        try:
+            cls = provider_class(name)
+        except ConfigError:
+            continue
+        seconds = planner.seconds_at_rate(calls, cls.default_rate_per_s, images)
+        table.add_row(name, f"{cls.pricing.usd_per_1000:.2f}", cls.pricing.as_of, f"{cls.default_rate_per_s:g}",
+                      f"{planner.cost_usd(calls, cls.pricing.usd_per_1000, images):.2f}", _duration(seconds))
+    out.print(table)
+    out.print("Prices are list prices read on the date shown; check your contract. Rates are the documented defaults; "
+              "paid tiers differ (--rate on certify).")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@app.command("demo")
+def demo_command(
+    out_dir: Path = typer.Option(Path("demo-output"), "--out-dir", help="Where logs and results go."),
+    api: str = typer.Option("aws", "--api", help="Which provider's emulator to certify against."),
+    sigma: float = typer.Option(0.25, "--sigma", help="Noise level."),
+    n0: int = typer.Option(20, "--n0"),
+    n: int = typer.Option(100, "--n"),
+    alpha: float = typer.Option(0.001, "--alpha"),
+    count: int = typer.Option(6, "--images", min=1, help="How many bundled photos."),
+) -> None:
+    """Certify bundled real photos against a local emulator, without and with the shipped denoiser; replay the log."""
+    from robust_api.demo import run_demo
+
+    out = console()
+    out.print(f"certifying {count} bundled photo(s) against the local {api} emulator (its real SDK over loopback), "
+              f"sigma {sigma:g}, N0={n0}, N={n}, alpha {alpha:g}")
+    runs = run_demo(out_dir, api=api, sigma=sigma, n0=n0, n=n, alpha=alpha, count=count,
+                    progress=lambda event, stats, done: out.print(f"  image {done}/{count}: {stats.billable_calls} calls so far")
+                    if event == "image" else None)
+    for run in runs:
+        title = f"{api}, {'no denoiser' if run.denoiser is None else 'denoiser ' + run.denoiser}"
+        out.print(certificate_table(run.certificates, title=title))
+        print_summary(run.certificates, out)
+        out.print(f"billable calls {run.billable_calls}, cache hits {run.cache_hits}; "
+                  f"offline replay of the log reproduces every certificate: {'yes' if run.replay_matches else 'NO'}")
+    out.print(f"logs and results in {out_dir}/ (rerun: nothing is paid twice; `{PROG} replay {out_dir}/*.jsonl`)")
+    if not all(run.replay_matches for run in runs):
+        raise SystemExit(EXIT_INTERNAL_ERROR)
+
+
+def _mount_denoiser_app() -> None:
+    from robust_api.denoisers.cli import denoiser_app
+
+    app.add_typer(denoiser_app, name="denoiser")
+
+
+_mount_denoiser_app()
+
+
 # -- entry point ------------------------------------------------------------------------------------
 
 
