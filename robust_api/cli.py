@@ -477,13 +477,28 @@ def demo_command(
         raise SystemExit(EXIT_INTERNAL_ERROR)
 
 
-def _mount_denoiser_app() -> None:
-    from robust_api.denoisers.cli import denoiser_app
-
-    app.add_typer(denoiser_app, name="denoiser")
+DENOISER_HELP = "Train, evaluate and list denoisers."
+_denoiser_mounted = False
 
 
-_mount_denoiser_app()
+def mount_denoiser_app(args: Sequence[str]) -> None:
+    """Add the `denoiser` group: the real one (which imports torch) only when the command line asks for it,
+    otherwise a placeholder that lists it in --help, so every other command starts without torch."""
+    global _denoiser_mounted
+    if _denoiser_mounted:
+        return
+    _denoiser_mounted = True
+    positional = [a for a in args if not a.startswith("-")]
+    if positional[:1] == ["denoiser"]:
+        from robust_api.denoisers.cli import denoiser_app
+    else:
+        denoiser_app = typer.Typer(help=DENOISER_HELP)
+
+        @denoiser_app.callback(invoke_without_command=True)
+        def _placeholder() -> None:
+            """Train, evaluate and list denoisers."""
+
+    app.add_typer(denoiser_app, name="denoiser", help=DENOISER_HELP)
 
 
 # -- entry point ------------------------------------------------------------------------------------
@@ -498,6 +513,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
+        mount_denoiser_app(args)
         app(args=args, prog_name=PROG)
     except SystemExit:
         raise
