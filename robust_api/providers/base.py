@@ -53,7 +53,7 @@ class Provider(abc.ABC):
 
     name: ClassVar[str]
     max_batch: ClassVar[int] = 1
-    limits: ClassVar[ImageLimits]
+    limits: ImageLimits  # a class attribute, or per instance when it depends on settings (Azure API version)
     default_rate_per_s: ClassVar[float] = 10.0
     pricing: ClassVar[Pricing] = Pricing(0.0, "n/a")
     credential_hint: ClassVar[str] = ""
