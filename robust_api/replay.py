@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 Rule = Callable[..., str]
 
-MODES = ("fixed",)  # the dispatch point for further modes is _CERTIFIERS below
-
 
 def resolve_rule(rule: str | Rule | None) -> Rule:
     """A decision rule from a spec ("top1", "vocab:PATH", "present:LABEL[:T]") or a callable; None -> top1."""
