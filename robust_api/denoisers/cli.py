@@ -1,0 +1,220 @@
+"""`robust-api denoiser ...`: train, evaluate and list denoisers (a typer sub-app the main CLI mounts).
+
+Only this module prints and exits; the library functions it calls raise typed errors.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from robust_api.errors import ConfigError, RobustAPIError
+
+denoiser_app = typer.Typer(help="Train, evaluate and list denoisers.", no_args_is_help=True, add_completion=False)
+
+
+
+@denoiser_app.callback()
+def _group() -> None:
+    """Train, evaluate and list denoisers."""
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def load_image_dirs(sources: List[str]) -> tuple[list, str]:
+    """Training images (pyramid of scales) from directories and/or the token `builtin`, plus a description."""
+    import numpy as np
+    from PIL import Image
+
+    from robust_api.denoisers import photos
+    from robust_api.errors import ConfigError, ImageError
+
+    named: list[tuple[str, np.ndarray]] = []
+    described = []
+    for src in sources:
+        if src == "builtin":
+            named += photos.training_photos()
+            described.append("builtin:" + ",".join(n for n, _ in photos.training_photos()))
+            continue
+        folder = Path(src)
+        if not folder.is_dir():
+            raise ConfigError(f"--images {src}: not a directory (or the token 'builtin')")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"--images {src}: no image files found")
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    named.append((f.name, np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0))
+            except OSError as exc:
+                raise ImageError(f"{f}: cannot read image ({exc})") from exc
+        described.append(f"{src} ({len(files)} images)")
+    return photos.training_pyramid(named), "; ".join(described)
+
+
+def _recipe(command: str) -> str:
+    """The command line as `robust-api denoiser <command> ...`, whatever entry point ran it (recorded in checkpoints)."""
+    argv = sys.argv[1:]
+    args = argv[argv.index(command) + 1:] if command in argv else argv
+    return f"robust-api denoiser {command} " + " ".join(shlex.quote(a) for a in args)
+
+
+@denoiser_app.command("train")
+def train_cmd(
+    images: List[str] = typer.Option(..., "--images", help="Directory of training photos, or 'builtin' (repeatable)."),
+    sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (periodically and at the end)."),
+    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom"),
+    depth: Optional[int] = typer.Option(None, "--depth", help="DnCNN depth (arch dncnn)."),
+    width: Optional[int] = typer.Option(None, "--width", help="DnCNN channels (arch dncnn)."),
+    objective: str = typer.Option("mse", "--objective", help="mse | stab | stab+mse"),
+    surrogate: List[str] = typer.Option([], "--surrogate", help="Frozen classifier for stab (repeatable): efficientnet-lite0, torchvision:NAME."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start from this checkpoint / shipped name (required for stab+mse)."),
+    steps: int = typer.Option(2000, "--steps"),
+    batch: int = typer.Option(32, "--batch"),
+    patch: int = typer.Option(48, "--patch", help="Square patch side in pixels."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from --out if it exists."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+) -> None:
+    """Train a denoiser on random patches of real photos (MSE, Stab through surrogates, or Stab+MSE)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from robust_api.denoisers.surrogates import load_surrogate
+    from robust_api.denoisers.training import TrainConfig, train_denoiser
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        data, description = load_image_dirs(images)
+        overrides = {k: v for k, v in {"depth": depth, "n_channels": width}.items() if v is not None}
+        objective_needs = objective in ("stab", "stab+mse")
+        surrogate_names = list(surrogate) or (["efficientnet-lite0"] if objective_needs else [])
+        config = TrainConfig(
+            sigma=sigma, arch=arch, arch_overrides=overrides, objective=objective, steps=steps, batch=batch,
+            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init,
+            surrogates=surrogate_names if objective_needs else [], data=description,
+            recipe=_recipe("train"),
+        )
+        config.validate()
+        models = [load_surrogate(n, device) for n in config.surrogates]
+        with Progress(
+            TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        ) as bar:
+            task = bar.add_task(f"{arch} {objective} sigma={sigma}", total=steps, loss=float("nan"))
+            smoothed: list[float] = []
+
+            def report(step: int, total: int, loss: float) -> None:
+                smoothed.append(loss)
+                window = smoothed[-20:]
+                bar.update(task, completed=step, loss=sum(window) / len(window))
+
+            result = train_denoiser(config, data, out, surrogates=models, resume=resume, device=device, progress=report)
+    except RobustAPIError as exc:
+        _fail(exc)
+    typer.echo(f"wrote {result.checkpoint} after {result.steps_done} steps ({result.seconds:.0f} s)")
+
+
+@denoiser_app.command("list")
+def list_cmd() -> None:
+    """Show the shipped denoisers with their metadata."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from robust_api.denoisers.registry import list_denoisers
+
+    table = Table(title="shipped denoisers (load with denoiser=NAME or --denoiser NAME)")
+    for col in ("name", "arch", "sigma", "objective", "training data", "held-out PSNR dB", "sha256"):
+        table.add_column(col)
+    for w in list_denoisers():
+        m = w.meta
+        cfg = m.get("arch_config", {})
+        arch = f"{m.get('arch')} {cfg.get('depth', '')}x{cfg.get('n_channels', '')}".strip()
+        surrogates = f" via {','.join(m['surrogates'])}" if m.get("surrogates") else ""
+        data = str(m.get("training_data", ""))
+        table.add_row(
+            w.name, arch, f"{m.get('sigma')}", f"{m.get('objective')}{surrogates}",
+            data if len(data) < 40 else data[:37] + "...",
+            f"{m.get('heldout_psnr_noisy_db')} -> {m.get('heldout_psnr_db')}", w.sha256[:16],
+        )
+    Console().print(table)
+    for w in list_denoisers():
+        typer.echo(f"{w.name} recipe: " + " && ".join(w.meta.get("recipe", [])))
+
+
+@denoiser_app.command("eval")
+def eval_cmd(
+    sigma: float = typer.Option(0.25, "--sigma", help="Noise level to evaluate at."),
+    denoiser: List[str] = typer.Option([], "--denoiser", help="Shipped name or checkpoint path (repeatable; default: the shipped ones at --sigma)."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Include no denoiser and TV."),
+    tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (default 0.6 * sigma)."),
+    crops: int = typer.Option(4, "--crops", help="224x224 crops per held-out photo (1..12)."),
+    n0: int = typer.Option(32, "--n0", help="Selection samples per image."),
+    n: int = typer.Option(200, "--n", help="Estimation samples per image."),
+    alpha: float = typer.Option(0.001, "--alpha"),
+    seed: int = typer.Option(0, "--seed"),
+    batch: int = typer.Option(32, "--batch"),
+    size: int = typer.Option(224, "--size", help="Evaluation image side (the classifier's input is 224)."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Fold BatchNorm + channels_last."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write results (with per-image rows) here."),
+) -> None:
+    """PSNR, agreement with the clean label, and certified accuracy of EfficientNet-Lite0 on held-out photos."""
+    import json
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from robust_api.denoisers import evaluation as ev
+    from robust_api.denoisers.photos import eval_images
+    from robust_api.denoisers.registry import list_denoisers, load_denoiser
+    from robust_api.denoisers.speed import optimize_for_inference
+    from robust_api.denoisers.surrogates import load_surrogate
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        names = list(denoiser) or [w.name for w in list_denoisers() if abs(float(w.meta.get("sigma", -1)) - sigma) < 1e-9]
+        methods = [ev.identity_method(), ev.tv_method(sigma, tv_weight)] if baselines else []
+        for name in names:
+            module = load_denoiser(name)
+            methods.append(ev.module_method(name, optimize_for_inference(module) if optimize else module))
+        if not methods:
+            raise ConfigError("nothing to evaluate: no baselines and no denoiser")
+        images = eval_images(crops, size)
+        classify = ev.Classifier(load_surrogate("efficientnet-lite0"), batch_size=batch)
+        with Progress(TextColumn("[bold]eval[/] sigma=" + f"{sigma:g}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+            task = bar.add_task("", total=len(images) * (n0 + n))
+            results = ev.evaluate(
+                methods, images, sigma, classify, n0=n0, n=n, alpha=alpha, seed=seed, batch=batch,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+    except RobustAPIError as exc:
+        _fail(exc)
+    typer.echo(ev.format_table(results))
+    typer.echo(
+        f"\n{len(images)} held-out images (crops of {', '.join(sorted({i.split('#')[0] for i, _ in images}))}), "
+        f"n0={n0}, n={n}, alpha={alpha}, seed={seed}; classifier efficientnet-lite0; "
+        f"seconds per method: " + ", ".join(f"{r.name} {r.seconds:.0f}" for r in results)
+    )
+    if json_out:
+        payload = {
+            "command": _recipe("eval"),
+            "settings": {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "crops": crops, "size": size},
+            "results": [r.__dict__ for r in results],
+        }
+        json_out.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
