@@ -18,7 +18,7 @@ import numpy as np
 
 from robust_api import smoothing
 from robust_api.dispatch import CallOutcome, Dispatcher, RunStats
-from robust_api.errors import ConfigError
+from robust_api.errors import ConfigError, PermanentProviderError
 from robust_api.images import LoadedImage, encode_for, to_uint8
 from robust_api.noise import noisy_copies
 from robust_api.providers.base import Provider
@@ -186,34 +186,44 @@ class Engine:
 
     # -- statistics over samples -----------------------------------------------------------------
     async def certify(self, image: LoadedImage, params: CertifyParams) -> Certificate:
-        """Certify one image (see robust_api.smoothing for each mode's guarantee)."""
+        """Certify one image (see robust_api.smoothing for each mode's guarantee). A provider's invalid-image
+        error is re-raised naming the image."""
+        try:
+            return await self._certify(image, params)
+        except PermanentProviderError as exc:
+            if exc.kind != "invalid_image":
+                raise
+            raise PermanentProviderError(
+                exc.provider, exc.kind, f"image {image.name} rejected: {exc.reason}; convert or resize it, or leave it out",
+                request_id=exc.request_id, status=exc.status,
+            ) from None
+
+    async def _certify(self, image: LoadedImage, params: CertifyParams) -> Certificate:
         started = time.perf_counter()
         paid_before, hits_before = self.stats.billable_calls, self.stats.cache_hits
         extra = {"mode": params.mode, "alpha": params.alpha}
         counts_selection: dict[str, int] = {}
         p_lower = None
-        # Clean, selection and estimation samples are independent draws: request them all at once.
-        clean_task = self.responses(image, "clean", [0], params.sigma, params.seed, extra)
+        # The clean query goes first, alone: an image the provider rejects (format, size) then costs one call,
+        # not 1 + n0 + n. Other images' samples keep the dispatcher busy meanwhile (certify_all).
+        clean_label = self.labels(await self.responses(image, "clean", [0], params.sigma, params.seed, extra))[0]
         if params.mode == "fixed":
-            clean, selection, estimation = await _gather(
-                clean_task,
+            # Selection and estimation samples are independent draws: request them all at once.
+            selection, estimation = await _gather(
                 self.responses(image, "selection", range(params.n0), params.sigma, params.seed, extra),
                 self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra),
             )
-            clean_label = self.labels(clean)[0]
             counts_selection = count_labels(self.labels(selection))
             counts_estimation = count_labels(self.labels(estimation))
             label, radius = smoothing.certify(counts_selection, counts_estimation, params.sigma, params.alpha)
             candidate = smoothing.top_label(counts_selection) if counts_selection else None
         elif params.mode == "clean":
-            clean, estimation = await _gather(
-                clean_task, self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra)
-            )
-            clean_label = candidate = self.labels(clean)[0]
+            candidate = clean_label
+            estimation = await self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra)
             counts_estimation = count_labels(self.labels(estimation))
             label, radius = smoothing.certify_with_candidate(candidate, counts_estimation, params.sigma, params.alpha)
         else:
-            clean_label = candidate = self.labels(await clean_task)[0]
+            candidate = clean_label
             label, radius, counts_estimation, plan = await self._certify_sequential(image, candidate, params)
             extra = {**extra, "plan": plan}
         n_est = sum(counts_estimation.values())
