@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from robust_api.dispatch import Dispatcher, RunStats
 from robust_api.engine import CertifyParams, Engine
+from robust_api.errors import ProviderError
 from robust_api.results import Certificate, write_results_tsv
 
 
@@ -104,7 +105,10 @@ def run_certification(
             finally:
                 await provider.aclose()
 
-        certificates = asyncio.run(main())
+        try:
+            certificates = asyncio.run(main())
+        except ProviderError as exc:
+            raise _with_next_step(exc, config, stats) from None
         if progress is not None:
             progress("done", stats, len(certificates))
         if config.out is not None:
@@ -115,6 +119,22 @@ def run_certification(
             price_usd_per_1000=provider.pricing.usd_per_1000,
             emulator_requests=emulator.stats.requests if emulator is not None else None,
         )
+
+
+def _with_next_step(exc: ProviderError, config: RunConfig, stats: RunStats) -> ProviderError:
+    """The same error, telling the user how to go on: a run stopped by the quota (or any failure after paid
+    answers) resumes from the log without paying for those answers again."""
+    if exc.kind == "auth" or (exc.kind != "quota" and not stats.billable_calls):
+        return exc  # the adapter's message already names the credential to fix; nothing was paid
+    steps = ["wait for the quota to reset (or raise it), then rerun"] if exc.kind == "quota" else []
+    if config.log is None:
+        steps.append("pass a query log (--log) so a rerun resumes instead of paying again")
+    elif stats.billable_calls:
+        steps.append(f"the {stats.billable_calls} answer(s) this run paid for are saved in {config.log}: "
+                     "rerun the same command and they are not paid for again")
+    step = "; ".join(steps)
+    return type(exc)(exc.provider, exc.kind, f"{exc.reason}; {step}", request_id=exc.request_id,
+                     status=exc.status, retry_after_s=exc.retry_after_s)
 
 
 def _denoiser(spec: str | None):
