@@ -226,7 +226,7 @@ def _matplotlib():
     return Figure, FigureCanvasAgg, PercentFormatter
 
 
-_LINESTYLES = ("-", "--", "-.", ":")
+_LINESTYLES = ("-", (0, (5, 2)), (0, (5, 2, 1, 2)), (0, (1, 1.5)))  # solid, dashed, dash-dot, dotted
 
 
 def _x_limit(runs: Sequence[Run]) -> float:
@@ -257,12 +257,13 @@ def figure_runs(runs: Sequence[Run], title: str | None = None):
     x_max = _x_limit(runs)
     for i, run in enumerate(runs):
         xs, ys = _steps(run, x_max)
+        # a different dash pattern per run keeps curves that coincide (common for small runs) all visible
         ax.plot(
-            xs, ys, drawstyle="steps-pre", linewidth=2.0, linestyle=_LINESTYLES[(i // 10) % len(_LINESTYLES)],
-            color=f"C{i % 10}", label=f"{run.label} (n={len(run.rows)})",
+            xs, ys, drawstyle="steps-pre", linewidth=2.0, linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+            color=f"C{i % 10}", label=f"{run.label} ({len(run.rows)} image{'s' if len(run.rows) != 1 else ''})",
         )
     ax.set_xlim(0.0, x_max)
-    ax.set_ylim(0.0, 102.0)
+    ax.set_ylim(-1.5, 102.0)  # a curve at 0 % stays visible above the axis line
     ax.yaxis.set_major_formatter(PercentFormatter(100.0, decimals=0))
     ax.set_xlabel("L2 radius")
     ax.set_ylabel("Certified accuracy")
