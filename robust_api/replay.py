@@ -237,9 +237,12 @@ def _worker_scan(task: tuple[str, int, int | None]) -> tuple[str, Any]:
 
 def _fork_context():
     import multiprocessing
+    import threading
 
-    # fork shares the rule (any callable) with the workers without pickling it
-    if "fork" not in multiprocessing.get_all_start_methods():
+    # fork shares the rule (any callable) with the workers without pickling it. Forking a process that runs
+    # other threads can deadlock the child on a lock held at fork time, so then read in-process instead.
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        log.debug("reading query logs in-process (fork unavailable or other threads running)")
         return None
     return multiprocessing.get_context("fork")
 

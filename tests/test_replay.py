@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import random
 from collections import OrderedDict
 
@@ -265,6 +266,7 @@ def test_parallel_reading_gives_exactly_the_sequential_result(tmp_path, monkeypa
             fh.write(r.to_json_line().encode())
     serial = replay(path)
     monkeypatch.setattr(robust_api.replay, "PARALLEL_PIECE_BYTES", 20_000)
+    assert robust_api.replay._fork_context() is not None or threading.active_count() > 1
     parallel = replay(path, workers=2)
     assert len(serial) == 30
     assert [(_essence(c), c.extra) for c in parallel] == [(_essence(c), c.extra) for c in serial]
