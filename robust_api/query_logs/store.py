@@ -74,6 +74,13 @@ def _open_for_reading(path: str | Path) -> IO[bytes]:
 TornLineHandler = Callable[[str, int, int, str], None]
 
 
+def _could_be_torn(raw: bytes) -> bool:
+    """Whether an unterminated final line can be our own interrupted write: a prefix of a record line (which
+    starts with '{'), or the zero bytes a file system may leave after a power loss. Anything else (a pickle,
+    an image, a text file given as --log by mistake) is not ours to skip or to truncate."""
+    return raw[:1] == b"{" or not raw.strip(b"\0 \t\r")
+
+
 def _warn_torn(name: str, lineno: int, nbytes: int, reason: str) -> None:
     log.warning("%s:%d: skipping torn final line (%d bytes; an interrupted write): %s", name, lineno, nbytes, reason)
 
@@ -117,6 +124,8 @@ def read_log_range(
                     try:
                         record = _parse_line(raw, name, lineno)
                     except LogError as exc:
+                        if not _could_be_torn(raw):
+                            raise
                         on_torn(name, lineno, len(raw), exc.reason)
                         return
                     yield record
@@ -242,6 +251,9 @@ class QueryLogWriter:
             complete = True
         except LogError:
             complete = False
+        if not complete and not _could_be_torn(tail):
+            line = count_lines_before(self.path, start) + 1
+            raise LogError(self.path, line, "not a query log record and not an interrupted write; left untouched")
         if complete:
             fh.write(b"\n")  # append mode: goes to the end; the complete record is kept
             log.warning("%s: final record lacked its newline (interrupted write); kept it", self.path)
