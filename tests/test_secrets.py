@@ -87,6 +87,7 @@ def debug_everywhere(caplog):
         h for h in logging.getLogger("robust_api").handlers if not getattr(h, "_robust_api_cli", False)
     ]
     logging.getLogger("robust_api").propagate = True
+    logging.getLogger("robust_api").setLevel(logging.NOTSET)
 
 
 def labeller(image):
