@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ["tutorial.ipynb", "offline_analysis.ipynb"]
-CELL_TIMEOUT_S = 300  # the slowest cell (four providers' certification) takes ~1 min on a busy 2-core machine
+CELL_TIMEOUT_S = 600  # the slowest cell (four providers, denoised) takes 1-5 min on a 2-core machine, by its load
 
 
 def _run(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
@@ -50,7 +50,7 @@ def test_kernel_is_this_interpreter_with_robust_api(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom_offline(name, tmp_path, monkeypatch):
     # The tutorial's real-credentials cell runs only with ROBUST_API_REAL=1; make sure CI never has it.
