@@ -266,3 +266,14 @@ def test_report_reads_every_input_before_writing_anything(tmp_path):
     assert not png.exists() and not md.exists()
     with pytest.raises(ConfigError, match="radii"):
         report([LOCUSLAB], radii=[0.5, -1])
+
+
+def test_plot_handles_all_abstained_runs_and_infinite_radii(tmp_path):
+    abstained = _tsv(tmp_path / "abstained.tsv", [(i, 1, -1, 0.0, 0, 0.1) for i in range(3)])
+    unbounded = _tsv(tmp_path / "unbounded.tsv", [(0, 1, 1, "inf", 1, 0.1), (1, 1, 1, 0.4, 1, 0.1)])
+    runs = load_runs([abstained, unbounded])
+    assert runs[0].curve([0.0]) == [0.0]
+    assert runs[1].curve([0.0, 0.5, 1e9]) == pytest.approx([1.0, 0.5, 0.5])
+    with Image.open(plot_runs(runs, tmp_path / "edge.png")) as img:
+        img.load()
+        assert img.size[0] > 0
