@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import logging
 import os
 import random
 import signal
@@ -122,6 +123,8 @@ def serving(provider: str, labeller, knobs: EmulatorKnobs | None = None) -> Iter
             app.middlewares.append(track)
             return app
 
+    # A killed client drops its uploads mid-body; aiohttp logs each such request with a traceback. Expected here.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     emulator = Tracked(labeller=labeller, knobs=knobs or EmulatorKnobs(latency_ms=8, latency_jitter_ms=6))
     with emulator.running() as url:
         yield emulator, url
@@ -392,8 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          progress=lambda r: print(describe(r), flush=True))
     runs = [r for t in results for r in t.runs]
     kills = sum(r.killed for r in runs)
+    mid_run = sum(1 for r in runs if r.killed and r.labelled)
     print(
-        f"\n{len(results)} trials, {kills} SIGKILLs, {len(runs)} client runs in {time.monotonic() - started:.0f} s\n"
+        f"\n{len(results)} trials, {kills} SIGKILLs ({mid_run} after the run had paid for answers, the rest during "
+        f"start-up), {len(runs)} client runs in {time.monotonic() - started:.0f} s\n"
+        f"samples per trial: {results[0].samples if results else 0}; billed in total "
+        f"{sum(r.labelled for r in runs)} for {sum(t.samples for t in results)} distinct samples\n"
         f"reruns completed: {sum(1 for t in results if t.runs[-1].exit_code == 0)}/{len(results)}\n"
         f"samples billed again although logged: {sum(r.relabelled_logged for r in runs)}\n"
         f"samples billed twice within a run: {sum(r.duplicates_in_run for r in runs)}\n"
