@@ -122,18 +122,25 @@ def run_certification(
 
 
 def _with_next_step(exc: ProviderError, config: RunConfig, stats: RunStats) -> ProviderError:
-    """The same error, telling the user how to go on: a run stopped by the quota (or any failure after paid
-    answers) resumes from the log without paying for those answers again."""
-    if exc.kind == "auth" or (exc.kind != "quota" and not stats.billable_calls):
+    """The same error, telling the user how to go on: what was retried, and that a run stopped by the quota
+    (or any failure after paid answers) resumes from the log without paying for those answers again."""
+    if exc.kind == "auth":
         return exc  # the adapter's message already names the credential to fix; nothing was paid
     steps = ["wait for the quota to reset (or raise it), then rerun"] if exc.kind == "quota" else []
+    if exc.retryable:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.failures.items()))
+        retries = ", ".join(f"{kind} {n}" for kind, n in sorted(stats.retries.items())) or "none"
+        steps.append(f"gave up after {config.max_attempts} attempt(s) per call (--max-attempts); "
+                     f"failed calls: {counts or exc.kind}; retries: {retries}")
     if config.log is None:
-        steps.append("pass a query log (--log) so a rerun resumes instead of paying again")
+        if stats.billable_calls or exc.kind == "quota":
+            steps.append("pass a query log (--log) so a rerun resumes instead of paying again")
     elif stats.billable_calls:
         steps.append(f"the {stats.billable_calls} answer(s) this run paid for are saved in {config.log}: "
                      "rerun the same command and they are not paid for again")
-    step = "; ".join(steps)
-    return type(exc)(exc.provider, exc.kind, f"{exc.reason}; {step}", request_id=exc.request_id,
+    if not steps:
+        return exc
+    return type(exc)(exc.provider, exc.kind, f"{exc.reason}; {'; '.join(steps)}", request_id=exc.request_id,
                      status=exc.status, retry_after_s=exc.retry_after_s)
 
 
