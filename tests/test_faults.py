@@ -112,6 +112,11 @@ def test_persistent_5xx_gives_up_after_max_attempts_with_one_line(tmp_path, caps
     assert exit_info.value.code == cli.EXIT_USER_ERROR
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("robust-api: error: aws: server:"), err
+    # The one line says what was tried: attempts, failures and retries per kind.
+    assert "gave up after 3 attempt(s) per call (--max-attempts)" in lines[0], lines[0]
+    failed = int(re.search(r"failed calls: server (\d+)", lines[0]).group(1))
+    retried = int(re.search(r"retries: server (\d+)", lines[0]).group(1))
+    assert failed >= 1 and retried == 2 * failed == emulator.stats.requests - failed
     assert "Traceback" not in err and "certified" not in out
     # Bounded: no sample was tried more than --max-attempts times, and nothing was answered or logged.
     assert emulator.stats.requests <= 3 * (1 + 3 + 6) and emulator.stats.images_labelled == 0
