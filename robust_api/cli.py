@@ -180,6 +180,7 @@ def replay_command(
     n: Optional[int] = typer.Option(None, "--n", help="Estimation samples per image (first by index; default all)."),
     alpha: float = typer.Option(0.001, "--alpha", help="Failure probability of each certificate."),
     decision: str = typer.Option("top1", "--decision", help=DECISION_HELP),
+    mode: str = typer.Option("auto", "--mode", help="auto (as logged), fixed, clean or sequential."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write Cohen-format results TSV here."),
     table: bool = typer.Option(True, "--table/--no-table", help="Print the per-image certificate table."),
     workers: Optional[int] = typer.Option(
@@ -190,7 +191,7 @@ def replay_command(
     from robust_api.replay import default_workers, replay
 
     certificates = replay(
-        logs, rule=decision, alpha=alpha, n0=n0, n=n, sigma=sigma, workers=workers or default_workers()
+        logs, rule=decision, alpha=alpha, n0=n0, n=n, sigma=sigma, mode=mode, workers=workers or default_workers()
     )
     if not certificates:
         raise ConfigError("the logs hold no selection or estimation samples to certify")

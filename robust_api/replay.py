@@ -11,8 +11,12 @@ Records are grouped into one certification per (provider, settings, image, sigma
     classifier is then a mixture), with the versions in `extra["model_versions"]` and a warning.
 Labels are re-decided from each raw response by the chosen rule (the logged `label` is informational).
 
-Validity: a fixed-mode certificate is valid when the number of samples was fixed in advance. Replaying,
-with mode "fixed", a log whose sample count was chosen by looking at the data (early stopping) is not.
+Modes: "auto" (default) replays each group the way the log says it was certified (extra["mode"]; logs that
+do not say, such as legacy imports, are "fixed"); "fixed" (Cohen: candidate from selection samples), "clean"
+(candidate = clean-image label) and "sequential" (the logged plan of looks, re-run over the labels in index
+order) force one. Validity: a fixed-mode certificate is valid when the number of samples was fixed in
+advance; replaying with mode "fixed" a log whose sample count was chosen by looking at the data (a
+sequential run) is not, which is why "auto" follows the log.
 """
 from __future__ import annotations
 
@@ -74,6 +78,8 @@ class GroupSamples:
     model_versions: set[str] = field(default_factory=set)
     clean_label: str | None = None
     source: str = ""
+    logged_mode: str | None = None  # extra["mode"] of the first record that named one
+    plan: dict[str, Any] | None = None  # extra["plan"] of the first sequential record
 
 
 _UNKNOWN_VERSION = "unknown"
@@ -148,6 +154,12 @@ class _Collector:
                 group.duplicates += 1
                 continue
             samples[index] = (label, record.latency_ms)
+            if group.logged_mode is None or (group.plan is None and phase == "estimation"):
+                extra = record.extra
+                if extra:
+                    group.logged_mode = group.logged_mode or extra.get("mode")
+                    if group.plan is None and extra.get("plan") is not None:
+                        group.plan = extra["plan"]
             version = record.model_version or _UNKNOWN_VERSION
             if version not in group.model_versions:
                 group.model_versions.add(version)
@@ -173,6 +185,8 @@ class _Collector:
                     else:
                         ours[index] = sample
             mine.duplicates += theirs.duplicates
+            mine.logged_mode = mine.logged_mode or theirs.logged_mode
+            mine.plan = mine.plan if mine.plan is not None else theirs.plan
             mine.model_versions |= theirs.model_versions
         for ckey, label in later.clean.items():
             self._add_clean(ckey, label)
@@ -362,7 +376,67 @@ def _certify_count(k: int, n: int, sigma: float, alpha: float) -> tuple[bool, fl
 
 
 # mode name -> certifier(group, options) -> Certificate. Add "clean" / "sequential" here.
-_CERTIFIERS: dict[str, Callable[[GroupSamples, ReplayOptions], Certificate]] = {"fixed": _certify_fixed}
+def _certify_clean(group: GroupSamples, opts: ReplayOptions) -> Certificate:
+    """Clean-image selection: the candidate is the clean image's label, chosen independently of the noise."""
+    from robust_api import smoothing
+
+    estimation = _first(group.estimation, opts.n, "estimation", group)
+    counts_estimation = _count(estimation)
+    if group.clean_label is None or not estimation:
+        log.warning("image %s (sigma %g): no clean label or no estimation samples; abstaining",
+                    group.key.image[:16], group.key.sigma)
+        return _certificate(group, opts, ABSTAIN, 0.0, None, {}, counts_estimation, estimation)
+    candidate = group.clean_label
+    certified, radius, p_lower = _certify_count(counts_estimation.get(candidate, 0), len(estimation), group.key.sigma, opts.alpha)
+    label: str | int = candidate if certified else ABSTAIN
+    # same arithmetic as smoothing.certify_with_candidate (memoised per (k, n))
+    return _certificate(group, opts, label, radius, p_lower, {}, counts_estimation, estimation)
+
+
+def _certify_sequential(group: GroupSamples, opts: ReplayOptions) -> Certificate:
+    """Re-run the logged plan of looks over the estimation labels in index order: the online stop and
+    certificate exactly (alpha is the plan's, as spent online)."""
+    from robust_api.sequential import SequentialPlan, certify_sequential
+
+    k = group.key
+    if group.plan is None:
+        raise ConfigError(
+            f"image {k.image[:16]} (sigma {k.sigma:g}): no sequential plan in the log; "
+            "replay it with --mode fixed or clean, or log it with --mode sequential"
+        )
+    try:
+        plan = SequentialPlan.from_dict(group.plan)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LogError(group.source, None, f"image {k.image[:16]}: unreadable sequential plan: {exc}") from None
+    indices = sorted(group.estimation)
+    labels = [group.estimation[i][0] for i in indices]
+    if group.clean_label is None:
+        log.warning("image %s (sigma %g): no clean label; abstaining", k.image[:16], k.sigma)
+        outcome = None
+    else:
+        outcome = certify_sequential(plan, group.clean_label, labels)
+        if not outcome.complete:
+            log.warning("image %s (sigma %g): the log ends before the plan decided (%d samples); abstaining",
+                        k.image[:16], k.sigma, outcome.n_used)
+    used = [group.estimation[i] for i in indices[: outcome.n_used]] if outcome else []
+    label, radius = outcome.as_tuple() if outcome else (ABSTAIN, 0.0)
+    p_lower = outcome.decision.p_lower if outcome else None
+    seq_opts = ReplayOptions(plan.alpha, opts.n0, opts.n, "sequential", opts.rule_name)
+    return _certificate(group, seq_opts, label, radius, p_lower, {}, outcome.counts if outcome else {}, used)
+
+
+def _certify_auto(group: GroupSamples, opts: ReplayOptions) -> Certificate:
+    """The mode the log says the group was certified with (fixed for logs that do not say, e.g. legacy)."""
+    mode = group.logged_mode if group.logged_mode in ("fixed", "clean", "sequential") else "fixed"
+    return _CERTIFIERS[mode](group, ReplayOptions(opts.alpha, opts.n0, opts.n, mode, opts.rule_name))
+
+
+_CERTIFIERS: dict[str, Callable[[GroupSamples, ReplayOptions], Certificate]] = {
+    "fixed": _certify_fixed,
+    "clean": _certify_clean,
+    "sequential": _certify_sequential,
+    "auto": _certify_auto,
+}
 
 
 def _certificate(group, opts, label, radius, p_lower, counts_selection, counts_estimation, used) -> Certificate:
@@ -423,7 +497,7 @@ def replay_records(
     n0: int | None = None,
     n: int | None = None,
     sigma: float | None = None,
-    mode: str = "fixed",
+    mode: str = "auto",
     source: str = "<records>",
 ) -> list[Certificate]:
     """Certificates from query-log records, one per group (see the module docstring), in first-seen order.
@@ -447,7 +521,7 @@ def replay(
     n0: int | None = None,
     n: int | None = None,
     sigma: float | None = None,
-    mode: str = "fixed",
+    mode: str = "auto",
     workers: int = 1,
 ) -> list[Certificate]:
     """Certificates from JSONL query logs (see replay_records); the logs are read as a stream.

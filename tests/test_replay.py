@@ -291,3 +291,41 @@ def test_parallel_reading_reports_file_line_numbers(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.WARNING):
         replay(path, workers=2)
     assert f"log.jsonl:{len(lines) + 1}: skipping torn final line" in caplog.text
+
+
+def test_replay_follows_the_logged_mode_for_clean_and_sequential_runs(tmp_path):
+    """A log written online in clean and sequential modes replays (mode auto) to the online certificates."""
+    import asyncio
+
+    import numpy as np
+
+    from robust_api.decision import Top1
+    from robust_api.dispatch import Dispatcher
+    from robust_api.engine import CertifyParams, Engine
+    from robust_api.images import load_image
+    from robust_api.providers.local import LocalProvider
+    from robust_api.query_logs import QueryLogWriter
+    from robust_api.replay import replay
+
+    def model(image):
+        mean = float(np.asarray(image).mean())
+        return {"bright": mean, "dark": 1.0 - mean}
+
+    log = tmp_path / "q.jsonl"
+    provider = LocalProvider(model, input="array", model_name="mean", model_version="1")
+    images = [load_image(np.full((8, 8, 3), v, np.float32), name=f"g{v}") for v in (0.55, 0.9)]
+
+    async def online(mode: str, seed: int):
+        with QueryLogWriter(log) as writer:
+            engine = Engine(provider, Dispatcher(provider), Top1(), log=writer)
+            params = CertifyParams(sigma=0.25, n=60, alpha=0.01, mode=mode, seed=seed, max_queries=80, target_radius=0.3)
+            return [await engine.certify(im, params) for im in images]
+
+    online_certs = asyncio.run(online("clean", 1)) + asyncio.run(online("sequential", 2))
+    replayed = replay([log], alpha=0.01)
+    assert len(replayed) == 4
+    by_key = {(c.image, c.mode): c for c in replayed}
+    for cert in online_certs:
+        again = by_key[(cert.image, cert.mode)]
+        assert (again.label, again.radius_l2) == (cert.label, pytest.approx(cert.radius_l2))
+    assert {c.mode for c in replayed} == {"clean", "sequential"}
