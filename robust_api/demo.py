@@ -36,10 +36,10 @@ def demo_images(count: int = 6, size: int = 224) -> list[tuple[str, np.ndarray]]
 
 def pick_denoiser(sigma: float) -> str | None:
     """The shipped denoiser for this sigma (Stab+MSE preferred over MSE), or None when none ships."""
-    from robust_api.denoisers.registry import shipped_denoisers
+    from robust_api.denoisers.registry import list_denoisers
 
-    matching = [d for d in shipped_denoisers() if abs(d.sigma - sigma) < 1e-9]
-    matching.sort(key=lambda d: 0 if "stab" in d.objective else 1)
+    matching = [w for w in list_denoisers() if abs(float(w.meta.get("sigma", -1.0)) - sigma) < 1e-9]
+    matching.sort(key=lambda w: 0 if "stab" in str(w.meta.get("objective", "")) else 1)
     return matching[0].name if matching else None
 
 
