@@ -478,6 +478,32 @@ def demo_command(
         raise SystemExit(EXIT_INTERNAL_ERROR)
 
 
+@app.command("report")
+def report_command(
+    results: List[Path] = typer.Argument(..., metavar="RESULTS.tsv...", help="Cohen-format results TSVs (ours or other tools')."),
+    labels: Optional[str] = typer.Option(None, "--labels", help='Run names, comma-separated (default: file names).'),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write certified accuracy vs L2 radius (PNG) here."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Write the markdown table at fixed radii here."),
+    radii: Optional[str] = typer.Option(None, "--radii", help="Radii for the table, comma-separated (default 0,0.1,0.25,0.5,0.75,1)."),
+    title: Optional[str] = typer.Option(None, "--title", help="Plot title."),
+) -> None:
+    """Certified accuracy vs radius: several runs overlaid in a plot, plus a table at fixed radii."""
+    from robust_api.report import report
+
+    radius_list = None
+    if radii:
+        try:
+            radius_list = [float(r) for r in radii.split(",") if r.strip()]
+        except ValueError:
+            raise ConfigError(f"--radii must be comma-separated numbers, got {radii!r}") from None
+    text = report(results, labels=labels, plot=plot, table=table, radii=radius_list, title=title)
+    out = console()
+    out.print(text, markup=False, highlight=False)
+    for what, path in (("plot", plot), ("table", table)):
+        if path is not None:
+            out.print(f"wrote {what} to {path}")
+
+
 DENOISER_HELP = "Train, evaluate and list denoisers."
 _denoiser_mounted = False
 

@@ -92,7 +92,14 @@ class Engine:
 
     # -- samples ----------------------------------------------------------------------------------
     async def responses(
-        self, image: LoadedImage, phase: str, indices: Sequence[int], sigma: float, seed: int | None, extra: dict | None = None
+        self,
+        image: LoadedImage,
+        phase: str,
+        indices: Sequence[int],
+        sigma: float,
+        seed: int | None,
+        extra: dict | None = None,
+        tally: dict[str, int] | None = None,
     ) -> list[QueryRecord]:
         """The logged record of each requested sample, paying only for those not yet in the log.
 
@@ -108,12 +115,14 @@ class Engine:
             else:
                 missing.append(i)
         self.stats.cache_hits += len(indices) - len(missing)
+        if tally is not None:  # per-image counts (the run-wide stats mix images certified concurrently)
+            tally["hits"] = tally.get("hits", 0) + len(indices) - len(missing)
         in_flight: list[asyncio.Task] = []
         try:
             for start in range(0, len(missing), self.denoise_batch):
                 chunk = missing[start : start + self.denoise_batch]
                 encoded = await self._prepare(image, phase, chunk, sigma, seed)
-                task = self._send(image, phase, chunk, encoded, sigma, seed, records, extra)
+                task = self._send(image, phase, chunk, encoded, sigma, seed, records, extra, tally)
                 in_flight.append(asyncio.create_task(task))
         finally:
             # Even when preparing a later chunk failed, calls already sent finish and are logged.
@@ -142,7 +151,7 @@ class Engine:
             out = self.denoiser(batch).clamp_(0.0, 1.0)
         return out.permute(0, 2, 3, 1).cpu().numpy()
 
-    async def _send(self, image, phase, chunk, encoded, sigma, seed, records, extra) -> None:
+    async def _send(self, image, phase, chunk, encoded, sigma, seed, records, extra, tally) -> None:
         def on_answer(j: int, outcome: CallOutcome) -> None:
             index = chunk[j]
             record = self._record(image, phase, index, sigma, seed, outcome, encoded[j], extra)
@@ -151,6 +160,8 @@ class Engine:
             if seed is not None:
                 self.index.add(record)
             records[index] = record
+            if tally is not None:
+                tally["paid"] = tally.get("paid", 0) + 1
 
         await self.dispatcher.classify([e.data for e in encoded], on_answer=on_answer)
 
@@ -200,18 +211,18 @@ class Engine:
 
     async def _certify(self, image: LoadedImage, params: CertifyParams) -> Certificate:
         started = time.perf_counter()
-        paid_before, hits_before = self.stats.billable_calls, self.stats.cache_hits
+        tally: dict[str, int] = {}
         extra = {"mode": params.mode, "alpha": params.alpha}
         counts_selection: dict[str, int] = {}
         p_lower = None
         # The clean query goes first, alone: an image the provider rejects (format, size) then costs one call,
         # not 1 + n0 + n. Other images' samples keep the dispatcher busy meanwhile (certify_all).
-        clean_label = self.labels(await self.responses(image, "clean", [0], params.sigma, params.seed, extra))[0]
+        clean_label = self.labels(await self.responses(image, "clean", [0], params.sigma, params.seed, extra, tally))[0]
         if params.mode == "fixed":
             # Selection and estimation samples are independent draws: request them all at once.
             selection, estimation = await _gather(
-                self.responses(image, "selection", range(params.n0), params.sigma, params.seed, extra),
-                self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra),
+                self.responses(image, "selection", range(params.n0), params.sigma, params.seed, extra, tally),
+                self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra, tally),
             )
             counts_selection = count_labels(self.labels(selection))
             counts_estimation = count_labels(self.labels(estimation))
@@ -219,12 +230,12 @@ class Engine:
             candidate = smoothing.top_label(counts_selection) if counts_selection else None
         elif params.mode == "clean":
             candidate = clean_label
-            estimation = await self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra)
+            estimation = await self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra, tally)
             counts_estimation = count_labels(self.labels(estimation))
             label, radius = smoothing.certify_with_candidate(candidate, counts_estimation, params.sigma, params.alpha)
         else:
             candidate = clean_label
-            label, radius, counts_estimation, plan = await self._certify_sequential(image, candidate, params)
+            label, radius, counts_estimation, plan = await self._certify_sequential(image, candidate, params, tally)
             extra = {**extra, "plan": plan}
         n_est = sum(counts_estimation.values())
         if candidate is not None and n_est:
@@ -241,13 +252,13 @@ class Engine:
             p_lower=p_lower,
             counts_selection=counts_selection,
             counts_estimation=counts_estimation,
-            calls_paid=self.stats.billable_calls - paid_before,
-            cache_hits=self.stats.cache_hits - hits_before,
+            calls_paid=tally.get("paid", 0),
+            cache_hits=tally.get("hits", 0),
             seconds=time.perf_counter() - started,
             extra=extra,
         )
 
-    async def _certify_sequential(self, image: LoadedImage, candidate: str, params: CertifyParams):
+    async def _certify_sequential(self, image: LoadedImage, candidate: str, params: CertifyParams, tally: dict):
         """Draw estimation samples in rounds (one concurrent round per look of the plan) until the plan
         certifies or abstains; see robust_api.sequential for why any stopping time keeps the guarantee."""
         plan = sequential_plan(params)
@@ -256,7 +267,7 @@ class Engine:
         labels: list[str] = []
         decision = None
         for look in plan.looks:
-            records = await self.responses(image, "estimation", range(len(labels), look), params.sigma, params.seed, extra)
+            records = await self.responses(image, "estimation", range(len(labels), look), params.sigma, params.seed, extra, tally)
             labels += self.labels(records)
             decision = plan.decide(look, sum(1 for label in labels if label == candidate), candidate)
             if decision.done:

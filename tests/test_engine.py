@@ -171,3 +171,16 @@ async def test_sequential_mode_stops_early_both_ways_and_logs_its_plan(tmp_path)
     plan = SequentialPlan.from_dict(records[0].extra["plan"])
     replayed = certify_sequential(plan, easy.clean_label, [r.label for r in sorted(records, key=lambda r: r.index)])
     assert replayed.as_tuple() == ("bright", pytest.approx(easy.radius_l2))
+
+
+async def test_per_image_call_counts_are_exact_when_images_run_concurrently():
+    from robust_api.api import certify_all
+
+    model = Brightness()
+    engine, _ = make_engine(model)
+    images = [grey(v) for v in (0.2, 0.4, 0.6, 0.8)]
+    params = CertifyParams(sigma=0.12, n0=5, n=20, alpha=0.05)
+    certs = await certify_all(engine, images, params)
+    assert [c.calls_paid for c in certs] == [26] * 4 and sum(c.cache_hits for c in certs) == 0
+    again = await certify_all(engine, images, params)  # same engine: everything is in the index now
+    assert [c.cache_hits for c in again] == [26] * 4 and sum(c.calls_paid for c in again) == 0
