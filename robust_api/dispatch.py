@@ -6,7 +6,8 @@
   reply with Retry-After pauses *all* calls to that provider until it has passed, so a throttling storm is
   not answered by more throttled requests.
 - Retries (tenacity): only RetryableProviderError (throttled, 5xx, timeout, connection reset, unreadable
-  body), exponential backoff with jitter, never shorter than the provider's Retry-After, at most
+  body), exponential backoff with jitter (for throttling without Retry-After it starts at two request
+  intervals, since calls are paced already), never shorter than the provider's Retry-After, at most
   `max_attempts` attempts per image; per-call timeout. PermanentProviderError (auth, invalid image, bad
   request, quota) fails fast, after one call. Within a batch, only the images that failed are re-sent.
 - Fail fast across calls: the very first request goes alone; an auth or quota failure then stops every
@@ -98,6 +99,10 @@ class Dispatcher:
         self._probe_started = False
         self._probe_done = asyncio.Event()
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+        # Throttling without Retry-After (AWS sends none): we already pace at the rate limit, so the first
+        # waits are a few request intervals, doubling from there, and every call pauses with the one throttled.
+        pace_s = max(2.0 / self.rate_per_s, 0.02)
+        self._throttle_backoff = wait_exponential_jitter(multiplier=pace_s, max=backoff_max_s, jitter=pace_s)
 
     async def classify(
         self, images: Sequence[bytes], on_answer: Callable[[int, CallOutcome], None] | None = None
@@ -121,12 +126,16 @@ class Dispatcher:
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        delay = self._backoff(state)
+        throttled = getattr(exc, "kind", "") == "throttled"
         hint = getattr(exc, "retry_after_s", None)
         if hint is not None and 0 < hint <= MAX_RETRY_AFTER_S:
-            delay = max(delay, hint)
-            if getattr(exc, "kind", "") == "throttled":
-                self._paused_until = max(self._paused_until, time.monotonic() + hint)
+            delay = max(self._backoff(state), hint)
+        elif throttled:
+            delay = self._throttle_backoff(state)
+        else:
+            delay = self._backoff(state)
+        if throttled:
+            self._paused_until = max(self._paused_until, time.monotonic() + (hint if hint and hint <= MAX_RETRY_AFTER_S else delay))
         return delay
 
     def _count_retry(self, state: RetryCallState) -> None:
