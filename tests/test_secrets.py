@@ -26,7 +26,9 @@ from robust_api.providers.emulator.base import EMULATOR_KEY, EmulatorKnobs
 from robust_api.run import RunConfig, run_certification
 
 PROVIDERS = ("azure", "google", "aws", "clarifai")
-ROBUST_API = Path(sys.executable).parent / "robust-api"
+_SCRIPT = Path(sys.executable).parent / "robust-api"
+# The installed console script (what users run), else the module.
+ROBUST_API = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "robust_api.cli"]
 
 
 def _random(alphabet: str, length: int) -> str:
@@ -175,17 +177,17 @@ def test_emulate_and_certify_processes_with_debug_leak_no_credential(canaries, t
     image = write_image(tmp_path)
     log, out = tmp_path / "run.jsonl", tmp_path / "results.tsv"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([str(ROBUST_API), "--debug", "emulate", "azure", "--port", "0", "--key", ""], env=env,
+    server = subprocess.Popen([*ROBUST_API, "--debug", "emulate", "azure", "--port", "0", "--key", ""], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = server.stdout.readline()  # "azure emulator listening on http://127.0.0.1:PORT (Ctrl-C to stop)"
         url = first.split(" on ")[1].split()[0]
         client = subprocess.run(
-            [str(ROBUST_API), "--debug", "certify", str(image), "--api", "azure", "--endpoint", url, "--n0", "2",
+            [*ROBUST_API, "--debug", "certify", str(image), "--api", "azure", "--endpoint", url, "--n0", "2",
              "--n", "4", "--alpha", "0.1", "--log", str(log), "--out", str(out)],
             env=env, capture_output=True, text=True, timeout=180,
         )
-        replay = subprocess.run([str(ROBUST_API), "--debug", "replay", str(log)], env=env, capture_output=True,
+        replay = subprocess.run([*ROBUST_API, "--debug", "replay", str(log)], env=env, capture_output=True,
                                 text=True, timeout=60)
     finally:
         server.terminate()
