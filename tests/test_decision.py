@@ -92,6 +92,18 @@ def test_aws_equal_confidence_ancestors_never_win_the_tie():
     assert Top1()(only_chain, "aws") == "car"
 
 
+def test_an_ancestor_loses_the_tie_even_when_its_name_sorts_first():
+    labels = [{"Name": "Animal", "Confidence": 97.5, "Parents": []},
+              {"Name": "Pet", "Confidence": 97.5, "Parents": [{"Name": "Animal"}]},
+              {"Name": "Cat", "Confidence": 97.5, "Parents": [{"Name": "Pet"}, {"Name": "Animal"}]},
+              {"Name": "Aardvark", "Confidence": 50.0, "Parents": [{"Name": "Animal"}]}]
+    for order in (labels, labels[::-1]):
+        assert Top1()({"Labels": order}, "aws") == "cat"
+        assert [s.name for s in parse_labels({"Labels": order})] == ["cat", "animal", "pet", "aardvark"]
+        assert Vocabulary({"mammal": ["animal", "cat"]})({"Labels": order}) == "mammal"
+    assert Vocabulary({"animals": ["animal"], "pets": ["pet"]})({"Labels": labels}) == "animals"
+
+
 def test_tie_break_does_not_depend_on_the_order_the_provider_sent():
     entries = list(AWS["Labels"])
     rng = random.Random(7)
@@ -299,3 +311,188 @@ def test_arbitrary_json_only_ever_raises_response_format_error(response, provide
 @given(shaped_responses, st.sampled_from([None, "azure", "google", "aws", "clarifai", "local"]))
 def test_shape_like_garbage_only_ever_raises_response_format_error(response, provider):
     _only_format_errors(response, provider)
+
+
+# -- fast path == reference path -------------------------------------------------------------------------
+# The rules and parse_labels read well-formed responses through a fast scan and fall back to the reference
+# implementation for anything else; both must give the same labels, rankings and errors on every shape.
+
+from robust_api import decision as decision_module  # noqa: E402
+
+_NAMES = ["Cat", "Car", "Vehicle", "Transportation", "Automobile", "Dog", "hot  dog", "ß", "Sky", "Zebra",
+          "apple", "Wheel", "Machine", "Pet", "Mammal", "Animal", "Plant", "Tree", "Grass", "Outdoors"]
+_VARIANTS = [str, str.lower, str.upper, lambda n: f" {n} ", lambda n: n.replace(" ", "\t ")]
+_BAD = [None, 3, "", "   ", True, [], {}, "0.9", float("nan"), float("inf"), -1.0, 101.0, 10**400]
+_SHAPES = {  # shape -> (provider, wrap(entries), name field, score field, scale, score may be omitted)
+    "azure_v32": ("azure", lambda e: {"tags": e, "modelVersion": "2021-05-01"}, "name", "confidence", 1, False),
+    "azure_v40": ("azure", lambda e: {"tagsResult": {"values": e}}, "name", "confidence", 1, False),
+    "google": ("google", lambda e: {"labelAnnotations": e}, "description", "score", 1, True),
+    "aws": ("aws", lambda e: {"Labels": e, "LabelModelVersion": "3.0"}, "Name", "Confidence", 100, False),
+    "clarifai": ("clarifai", lambda e: {"outputs": [{"status": {"code": 10000}, "data": {"concepts": e}}]},
+                 "name", "value", 1, True),
+    "local": ("local", lambda e: {"predictions": e, "modelVersion": "m"}, "label", "score", 1, False),
+}
+
+
+@st.composite
+def _responses(draw):
+    """A response of one of the six shapes: unsorted, mixed casing/whitespace, frequent exact score ties
+    (AWS ancestors at their child's score), omitted protobuf zero scores, int scores, sometimes a
+    duplicated name, sometimes one malformed value somewhere; with the right, no, or a wrong provider hint."""
+    shape = draw(st.sampled_from(sorted(_SHAPES)))
+    provider, wrap, name_field, score_field, scale, optional = _SHAPES[shape]
+    names = draw(st.lists(st.sampled_from(_NAMES), unique=True, max_size=8))
+    if names and draw(st.integers(0, 5)) == 0:  # the same name twice, maybe cased differently
+        names.insert(draw(st.integers(0, len(names))), draw(st.sampled_from(names)))
+    tie_scores = draw(st.lists(st.floats(0, 1), min_size=1, max_size=2))
+    scores = [draw(st.sampled_from(tie_scores) | st.sampled_from(tie_scores) | st.floats(0, 1) | st.sampled_from([0, 1]))
+              for _ in names]
+    entries = []
+    for name, score in zip(names, scores):
+        entry = {name_field: draw(st.sampled_from(_VARIANTS))(name)}
+        if not (optional and draw(st.integers(0, 5)) == 0):  # protobuf JSON omits a zero score
+            entry[score_field] = score * scale if isinstance(score, float) else score * int(scale)
+        if provider == "aws" and draw(st.integers(0, 3)):
+            # AWS lists ancestors at their child's exact score: mostly pick parents among the tied names
+            tied = [other for other, s in zip(names, scores) if s == score and other != name]
+            pool = tied if tied and draw(st.integers(0, 3)) else names + ["Animal", "Vehicle"]
+            parents = draw(st.lists(st.sampled_from(pool), max_size=3))
+            entry["Parents"] = [{"Name": p} for p in parents] if draw(st.integers(0, 7)) else draw(st.sampled_from([None, []]))
+        entry["extra"] = [1, {"x": None}]
+        entries.append(entry)
+    if entries and draw(st.integers(0, 4)) == 0:
+        target = draw(st.sampled_from(_TARGETS))
+        entries = _spoil(entries, draw(st.integers(0, len(entries) - 1)), target, draw(st.sampled_from(_BAD)),
+                         name_field, score_field)
+    response = wrap(entries)
+    hint = draw(st.sampled_from([None, provider, provider, provider, "google" if provider != "google" else "aws"]))
+    return response, hint
+
+
+_TARGETS = ["list", "entry", "name", "score", "no score", "parents", "[parent]", "parent name", "parent key"]
+
+
+def _spoil(entries, i, target, value, name_field, score_field):
+    """`entries` with one malformed value put at `target` of entry i."""
+    if target == "list":
+        return value
+    entries = [dict(e) for e in entries]
+    if target == "entry":
+        entries[i] = value
+    elif target == "name":
+        entries[i][name_field] = value
+    elif target == "score":
+        entries[i][score_field] = value
+    elif target == "no score":
+        entries[i].pop(score_field, None)
+    else:
+        entries[i]["Parents"] = {"parents": value, "[parent]": [value], "parent name": [{"Name": value}],
+                                 "parent key": [{"Nom": value}]}[target]
+    return entries
+
+
+_HIERARCHY = {"Cat": ["Pet", "Mammal"], "Dog": ["Pet", "Mammal"], "Pet": ["Animal"], "Mammal": ["Animal"],
+              "Aardvark": ["Mammal"], "Car": ["Vehicle"], "Automobile": ["Vehicle"], "Vehicle": ["Transportation"],
+              "Wheel": ["Machine"], "Bee": ["Insect"], "Insect": ["Animal"]}
+
+
+@st.composite
+def _aws_hierarchies(draw):
+    """AWS DetectLabels bodies as AWS builds them: each detected label followed by all its ancestors at
+    exactly its confidence (so ancestors tie with their descendants), listed in any order."""
+    leaves = draw(st.lists(st.sampled_from(sorted(_HIERARCHY)), unique=True, min_size=1, max_size=4))
+    levels = draw(st.lists(st.floats(50, 100), min_size=1, max_size=2))
+    entries: dict[str, dict] = {}
+    for leaf in leaves:
+        confidence = draw(st.sampled_from(levels))
+        todo = [leaf]
+        while todo:
+            name = todo.pop()
+            parents = _HIERARCHY.get(name, [])
+            if name not in entries or entries[name]["Confidence"] < confidence:
+                entries[name] = {"Name": name, "Confidence": confidence, "Parents": [{"Name": p} for p in parents]}
+            todo.extend(parents)
+    order = draw(st.permutations(list(entries.values())))
+    return {"Labels": order, "LabelModelVersion": "3.0"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_aws_hierarchies(), st.sampled_from([None, "aws"]))
+def test_fast_path_equals_the_reference_on_aws_ancestor_ties(response, provider):
+    _assert_fast_equals_reference(response, provider)
+    assert decision_module._scan(response, provider) is not None
+    top = max(e["Confidence"] for e in response["Labels"])
+    tied = [e for e in response["Labels"] if e["Confidence"] == top]
+    ancestors = {p["Name"].casefold() for e in tied for p in e["Parents"]}
+    winner = Top1()(response, provider)
+    assert winner in {e["Name"].casefold() for e in tied} - ancestors  # a tied ancestor never wins
+
+
+def _outcome(fn, *args):
+    try:
+        return "ok", fn(*args)
+    except (ResponseFormatError, ConfigError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+_VOCAB = Vocabulary({"feline": ["cat", "ss"], "vehicle": ["car", "automobile"], "transportation": [], "sky": []})
+_RULES = [Top1(), _VOCAB, LabelPresent("cat", 0.0), LabelPresent("car", 0.5), LabelPresent("hot dog", 0.99)]
+
+
+def _assert_fast_equals_reference(response, provider):
+    for rule in _RULES:
+        assert _outcome(rule, response, provider) == _outcome(rule._reference, response, provider), rule
+    assert _outcome(parse_labels, response, provider) == _outcome(
+        decision_module._reference_parse_labels, response, provider
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(_responses())
+def test_fast_path_equals_the_reference_on_every_shape(case):
+    _assert_fast_equals_reference(*case)
+
+
+def test_fast_path_equals_the_reference_for_every_malformed_value_in_every_place():
+    base = [("Cat", 0.9, ["Animal"]), ("Animal", 0.9, []), ("Sky", 0.4, [])]
+    for provider, wrap, name_field, score_field, scale, _ in _SHAPES.values():
+        entries = [{name_field: n, score_field: s * scale, "Parents": [{"Name": p} for p in ps]} for n, s, ps in base]
+        for target in _TARGETS:
+            for value in _BAD:
+                for i in range(len(entries)):
+                    response = wrap(_spoil(entries, i, target, value, name_field, score_field))
+                    _assert_fast_equals_reference(response, provider)
+                    _assert_fast_equals_reference(response, None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shaped_responses, st.sampled_from([None, "azure", "google", "aws", "clarifai", "local"]))
+def test_fast_path_equals_the_reference_on_shape_like_garbage(response, provider):
+    _assert_fast_equals_reference(response, provider)
+
+
+@pytest.mark.parametrize("response, provider", [(AZURE_V32, "azure"), (AZURE_V40, None), (GOOGLE, "google"),
+                                                (AWS, "aws"), (CLARIFAI, "clarifai"), (LOCAL, "local")])
+def test_well_formed_responses_take_the_fast_path(response, provider):
+    scanned = decision_module._scan(response, provider)
+    assert scanned is not None and scanned[0]
+    _assert_fast_equals_reference(response, provider)
+
+
+def test_duplicated_names_take_the_reference_path_and_merge_parents_as_it_does():
+    # The reference keeps the best score and merges parents in the provider's order; the fast path defers.
+    resp = {"Labels": [{"Name": "Car", "Confidence": 50.0, "Parents": [{"Name": "Cat"}]},
+                       {"Name": "car", "Confidence": 90.0},
+                       {"Name": "Cat", "Confidence": 90.0}]}
+    assert decision_module._scan(resp, "aws") is None
+    assert Top1()(resp, "aws") == "car"  # cat is car's (merged) parent at the tied score
+    _assert_fast_equals_reference(resp, "aws")
+
+
+def test_name_cache_is_bounded_and_does_not_change_results(monkeypatch):
+    monkeypatch.setattr(decision_module, "_NAME_CACHE_MAX", 4)
+    monkeypatch.setattr(decision_module, "_NAME_CACHE", {})
+    for i in range(20):
+        resp = {"tags": [{"name": f"Label {i} ", "confidence": 0.5}, {"name": f"label {i + 1}", "confidence": 0.5}]}
+        assert Top1()(resp) == min(f"label {i}", f"label {i + 1}")
+        assert len(decision_module._NAME_CACHE) <= 4
