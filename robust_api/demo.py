@@ -43,6 +43,12 @@ def pick_denoiser(sigma: float) -> str | None:
     return matching[0].name if matching else None
 
 
+def _demo_options(api: str) -> dict:
+    # Rekognition drops labels under MinConfidence (default 55); the emulator's ImageNet probabilities are
+    # lower than Rekognition's confidences, so the demo asks for every label, as a user may (MinConfidence=1).
+    return {"min_confidence": 1.0} if api == "aws" else {}
+
+
 def run_demo(out_dir: Path, api: str = "aws", sigma: float = 0.25, n0: int = 20, n: int = 100, alpha: float = 0.001,
              count: int = 6, denoiser: str | None = "auto", progress=None) -> list[DemoRun]:
     """Certify `count` photos with no denoiser and with `denoiser` ('auto' = the shipped one for sigma);
@@ -59,7 +65,8 @@ def run_demo(out_dir: Path, api: str = "aws", sigma: float = 0.25, n0: int = 20,
     for spec in [None] + ([chosen] if chosen else []):
         tag = f"{api}-{'no-denoiser' if spec is None else spec}"
         log = out_dir / f"{tag}.jsonl"
-        config = RunConfig(api=api, params=params, emulator=True, denoiser=spec, log=log, out=out_dir / f"{tag}.tsv")
+        config = RunConfig(api=api, params=params, emulator=True, denoiser=spec, log=log, out=out_dir / f"{tag}.tsv",
+                           provider_options=_demo_options(api))
         result = run_certification(images, config, progress=progress)
         replayed = {c.image: c for c in replay([log], sigma=sigma, n0=n0, n=n, alpha=alpha)}
         matches = all(
