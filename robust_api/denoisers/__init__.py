@@ -19,11 +19,12 @@ from robust_api.denoisers.registry import (
     get_weights,
     list_denoisers,
     load_denoiser,
+    shipped_denoisers,
 )
 from robust_api.denoisers.speed import denoise_numpy, optimize_for_inference
 
 __all__ = [
     "ARCHITECTURES", "REFERENCE_ARCHITECTURES", "DenoiserWeights", "DnCNN", "LoadedCheckpoint", "MemNet",
     "build_denoiser", "denoise_numpy", "denoiser_identity", "get_weights", "list_denoisers", "load_checkpoint",
-    "load_denoiser", "optimize_for_inference", "save_checkpoint",
+    "load_denoiser", "optimize_for_inference", "save_checkpoint", "shipped_denoisers",
 ]

@@ -45,6 +45,11 @@ def _recipe_chain(raw: dict[str, Any]) -> list[str]:
     return chain
 
 
+def _portable(recipe: str, rundir: Path) -> str:
+    """The recorded command with the maintainer's run directory replaced by `runs` (as train_shipped.sh uses)."""
+    return recipe.replace(str(rundir.resolve()), "runs").replace(str(rundir), "runs")
+
+
 def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
     WEIGHTS_DIR.mkdir(exist_ok=True)
     entries = []
@@ -69,7 +74,7 @@ def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
             "training_data": m.get("data"),
             "steps": m.get("steps"),
             "train_seconds_cpu": m.get("train_seconds"),
-            "recipe": _recipe_chain(raw),
+            "recipe": [_portable(r, rundir) for r in _recipe_chain(raw)],
             "heldout_photos": heldout,
             "heldout_psnr_noisy_db": round(noisy_db, 2),
             "heldout_psnr_db": round(denoised_db, 2),

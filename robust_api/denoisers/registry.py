@@ -34,6 +34,22 @@ class DenoiserWeights:
     def path(self) -> Path:
         return WEIGHTS_DIR / self.filename
 
+    @property
+    def sigma(self) -> float:
+        return float(self.meta.get("sigma", float("nan")))
+
+    @property
+    def objective(self) -> str:
+        return str(self.meta.get("objective", ""))
+
+    @property
+    def arch(self) -> str:
+        return str(self.meta.get("arch", ""))
+
+    def load(self, device: str | torch.device | None = None) -> nn.Module:
+        """This denoiser as a module (sha256 verified), like torchvision's `weights.get_state_dict()`."""
+        return load_denoiser(self.name, device)
+
 
 def _entries() -> dict[str, DenoiserWeights]:
     from robust_api.denoisers.shipped import SHIPPED
@@ -44,6 +60,11 @@ def _entries() -> dict[str, DenoiserWeights]:
 def list_denoisers() -> list[DenoiserWeights]:
     """Every shipped denoiser, in registry order."""
     return list(_entries().values())
+
+
+def shipped_denoisers() -> list[DenoiserWeights]:
+    """Alias of list_denoisers (every shipped denoiser, in registry order)."""
+    return list_denoisers()
 
 
 def get_weights(name: str) -> DenoiserWeights | None:

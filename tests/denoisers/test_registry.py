@@ -1,0 +1,100 @@
+"""Shipped denoisers: listed with metadata, load by name offline, sha256 verified; paths and identities."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robust_api.denoisers import registry, shipped
+from robust_api.denoisers.architectures import build_denoiser
+from robust_api.denoisers.checkpoints import checkpoint_dict, save_checkpoint
+from robust_api.denoisers.cli import denoiser_app
+from robust_api.denoisers.photos import eval_images
+from robust_api.denoisers.registry import (
+    DenoiserWeights, denoiser_identity, file_sha256, list_denoisers, load_denoiser, state_dict_sha256,
+)
+from robust_api.errors import CheckpointError
+
+EXPECTED = {"dncnn-s0.12": 0.12, "dncnn-s0.25": 0.25, "dncnn-s0.50": 0.50, "dncnn-s0.25-stab": 0.25}
+
+
+def test_the_four_shipped_denoisers_are_registered_with_their_metadata():
+    entries = {w.name: w for w in list_denoisers()}
+    assert set(entries) == set(EXPECTED)
+    for name, sigma in EXPECTED.items():
+        meta = entries[name].meta
+        assert meta["sigma"] == sigma and meta["arch"] == "dncnn"
+        assert meta["recipe"] and all(r.startswith("robust-api denoiser train") for r in meta["recipe"])
+        assert meta["heldout_psnr_db"] > meta["heldout_psnr_noisy_db"]
+        assert "builtin" in meta["training_data"] and meta["heldout_photos"]
+        assert entries[name].path.stat().st_size < 1_000_000
+    assert entries["dncnn-s0.25-stab"].meta["objective"] == "stab+mse"
+    assert entries["dncnn-s0.25-stab"].meta["surrogates"] == ["efficientnet-lite0"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_shipped_denoiser_loads_by_name_and_denoises(name):
+    module = load_denoiser(name, device="cpu")
+    entry = registry.get_weights(name)
+    assert denoiser_identity(module) == {"name": name, "sha256": entry.sha256} == denoiser_identity(name)
+    assert file_sha256(entry.path) == entry.sha256
+    torch.manual_seed(0)
+    photo = eval_images(1, size=64)[0][1]  # a held-out real photo, never seen in training
+    clean = torch.from_numpy(photo).permute(2, 0, 1)[None]
+    noisy = (clean + EXPECTED[name] * torch.randn_like(clean)).clamp(0, 1)
+    with torch.no_grad():
+        out = module(noisy)
+    assert ((out - clean) ** 2).mean() < ((noisy - clean) ** 2).mean()
+
+
+@pytest.fixture
+def fake_registry(tmp_path, monkeypatch):
+    """A registry with one entry whose file lives in tmp_path (so tampering never touches the package)."""
+    net = build_denoiser("dncnn", depth=3, n_channels=4)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, checkpoint_dict(net, "dncnn", {"depth": 3, "n_channels": 4, "image_channels": 3}, meta={"sigma": 0.25}))
+    entry = DenoiserWeights("tiny-s0.25", "tiny.pt", file_sha256(path), {"sigma": 0.25, "arch": "dncnn"})
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "SHIPPED", (entry,))
+    return entry
+
+
+def test_tampered_shipped_file_fails_its_sha256_check(fake_registry):
+    assert isinstance(load_denoiser("tiny-s0.25"), torch.nn.Module)
+    data = bytearray(fake_registry.path.read_bytes())
+    data[-30] ^= 0xFF
+    fake_registry.path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_denoiser("tiny-s0.25")
+
+
+def test_a_path_loads_and_is_identified_by_its_file_hash(fake_registry, tmp_path):
+    copy = tmp_path / "mine.pt"
+    shutil.copy(fake_registry.path, copy)
+    module = load_denoiser(str(copy))
+    assert denoiser_identity(module) == {"name": str(copy), "sha256": file_sha256(copy)}
+
+
+def test_unknown_name_is_a_checkpoint_error(fake_registry):
+    with pytest.raises(CheckpointError, match="tiny-s0.25"):
+        load_denoiser("no-such-denoiser")
+
+
+def test_identity_of_none_and_of_a_plain_module():
+    assert denoiser_identity(None) is None
+    net = build_denoiser("dncnn", depth=3, n_channels=4)
+    ident = denoiser_identity(net)
+    assert ident == {"name": "DnCNN", "sha256": state_dict_sha256(net)}
+    with torch.no_grad():
+        net.dncnn[0].bias.add_(1.0)
+    assert denoiser_identity(net)["sha256"] != ident["sha256"]
+
+
+def test_cli_list_shows_names_sigmas_and_psnr():
+    result = CliRunner().invoke(denoiser_app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in EXPECTED:
+        assert name in result.output
+    assert "recipe: robust-api denoiser train" in result.output
