@@ -85,6 +85,7 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr"),
     checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
     seed: int = typer.Option(0, "--seed"),
+    min_confidence: float = typer.Option(0.0, "--min-confidence", help="Stab: skip samples whose clean top-1 probability is lower."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --out if it exists."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -105,7 +106,7 @@ def train_cmd(
         surrogate_names = list(surrogate) or (["efficientnet-lite0"] if objective_needs else [])
         config = TrainConfig(
             sigma=sigma, arch=arch, arch_overrides=overrides, objective=objective, steps=steps, batch=batch,
-            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init,
+            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence,
             surrogates=surrogate_names if objective_needs else [], data=description,
             recipe=_recipe("train"),
         )

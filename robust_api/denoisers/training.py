@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     checkpoint_every: int = 200
     seed: int = 0
+    min_confidence: float = 0.0
     init: str | None = None
     surrogates: list[str] = field(default_factory=list)
     data: str = ""
@@ -112,15 +113,28 @@ def mse_loss(denoiser: nn.Module, clean: torch.Tensor, noisy: torch.Tensor) -> t
 
 
 def stab_loss(
-    denoiser: nn.Module, clean: torch.Tensor, noisy: torch.Tensor, surrogates: Sequence[nn.Module]
+    denoiser: nn.Module,
+    clean: torch.Tensor,
+    noisy: torch.Tensor,
+    surrogates: Sequence[nn.Module],
+    min_confidence: float = 0.0,
 ) -> torch.Tensor:
-    """Sum over surrogates of CE(f(D(noisy)), argmax f(clean)); surrogates stay frozen, gradients reach D only."""
+    """Sum over surrogates of CE(f(D(noisy)), argmax f(clean)); surrogates stay frozen, gradients reach D only.
+
+    With min_confidence > 0, samples whose clean top-1 probability is below it are left out for that surrogate:
+    on textures or background the clean label is arbitrary, and asking the denoiser to keep it teaches noise.
+    """
     denoised = denoiser(noisy)
-    total = denoised.new_zeros(())
+    total = denoised.sum() * 0.0  # keeps the graph when every sample is filtered out (a zero-gradient step)
     for f in surrogates:
         with torch.no_grad():
-            target = f(clean).argmax(1)
-        total = total + F.cross_entropy(f(denoised), target)
+            probs = f(clean).softmax(1)
+            confidence, target = probs.max(1)
+            keep = confidence >= min_confidence
+        if not bool(keep.any()):
+            continue
+        per_sample = F.cross_entropy(f(denoised), target, reduction="none")
+        total = total + (per_sample * keep).sum() / keep.sum()
     return total
 
 
@@ -234,7 +248,7 @@ def train_denoiser(
         if config.objective == "mse":
             loss = mse_loss(module, clean, noisy)
         else:
-            loss = stab_loss(module, clean, noisy, surrogates)
+            loss = stab_loss(module, clean, noisy, surrogates, config.min_confidence)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

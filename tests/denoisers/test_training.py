@@ -136,3 +136,17 @@ def test_real_efficientnet_surrogate_trains_one_step(tmp_path):
         smooth_images(size=40), tmp_path / "e.pt", surrogates=[surrogate], device="cpu",
     )
     assert result.steps_done == 1 and np.isfinite(result.losses[0]) and result.losses[0] > 0
+
+
+def test_stab_ignores_samples_whose_clean_label_is_not_confident(tmp_path):
+    # the tiny surrogate is never 101% sure: every sample is skipped, so the denoiser must not move
+    images = smooth_images()
+    run = train_denoiser(
+        config(objective="stab", steps=3, min_confidence=1.01, surrogates=["tiny"]), images, tmp_path / "c.pt",
+        surrogates=[TinyClassifier()], device="cpu",
+    )
+    fresh = train_denoiser(config(steps=1, lr=0.0), images, tmp_path / "f.pt", device="cpu")
+    for (k, a), b in zip(run.module.state_dict().items(), fresh.module.state_dict().values()):
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(a, b), k
+    assert run.losses == [0.0, 0.0, 0.0]
