@@ -46,8 +46,10 @@ def _recipe_chain(raw: dict[str, Any]) -> list[str]:
 
 
 def _portable(recipe: str, rundir: Path) -> str:
-    """The recorded command with the maintainer's run directory replaced by `runs` (as train_shipped.sh uses)."""
-    return recipe.replace(str(rundir.resolve()), "runs").replace(str(rundir), "runs")
+    """The recorded command with the maintainer's run directories replaced by `runs/` (as train_shipped.sh uses)."""
+    import re
+
+    return re.sub(r"(--out|--init) (\S*/)?([^/\s]+\.pt)", r"\1 runs/\3", recipe)
 
 
 def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
