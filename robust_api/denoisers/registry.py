@@ -102,11 +102,16 @@ def resolve_path(name_or_path: str | Path) -> Path:
 
 
 def load_denoiser(
-    name_or_path: str | Path, device: str | torch.device | None = None, *, trusted: bool = False
+    name_or_path: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    trusted: bool = False,
+    optimize: bool = False,
 ) -> nn.Module:
     """The denoiser (eval mode, on `device` or CPU) for a shipped name or a checkpoint path.
 
     Images in [0,1] NCHW in and out. The module carries `.denoiser_name` and `.denoiser_sha256` for the query logs.
+    `optimize=True` returns `optimize_for_inference(module)` (same outputs within 1e-4, ~1.5-2x faster at 224px).
     Raises CheckpointError for unknown names, tampered shipped files and non-checkpoint files.
     """
     path = resolve_path(name_or_path)
@@ -116,6 +121,10 @@ def load_denoiser(
     module.denoiser_name = entry.name if entry else str(name_or_path)
     module.denoiser_sha256 = entry.sha256 if entry else file_sha256(path)
     module.denoiser_meta = dict(entry.meta) if entry else dict(loaded.meta)
+    if optimize:
+        from robust_api.denoisers.speed import optimize_for_inference
+
+        return optimize_for_inference(module)
     return module
 
 

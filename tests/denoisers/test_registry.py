@@ -61,6 +61,15 @@ def fake_registry(tmp_path, monkeypatch):
     return entry
 
 
+def test_optimized_load_keeps_identity_and_outputs(fake_registry):
+    plain = load_denoiser("tiny-s0.25")
+    fast = load_denoiser("tiny-s0.25", optimize=True)
+    assert denoiser_identity(fast) == denoiser_identity(plain) == {"name": "tiny-s0.25", "sha256": fake_registry.sha256}
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), atol=1e-4)
+
+
 def test_tampered_shipped_file_fails_its_sha256_check(fake_registry):
     assert isinstance(load_denoiser("tiny-s0.25"), torch.nn.Module)
     data = bytearray(fake_registry.path.read_bytes())
