@@ -108,9 +108,7 @@ def small_denoiser():
 
         for weights in list_denoisers():
             if abs(float(weights.meta.get("sigma", -1)) - 0.25) < 1e-9:
-                from robust_api.denoisers.speed import optimize_for_inference
-
-                return optimize_for_inference(load_denoiser(weights.name)), weights.name
+                return load_denoiser(weights.name, optimize=True), weights.name
     except Exception:
         pass
     from robust_api.denoisers.dncnn import DnCNN

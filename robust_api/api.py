@@ -75,10 +75,10 @@ class RobustAPI:
         denoiser_id = None
         if denoiser is not None:
             from robust_api.denoisers.registry import denoiser_identity, load_denoiser
-            from robust_api.denoisers.speed import best_device, optimize_for_inference
+            from robust_api.denoisers.speed import best_device
 
             if isinstance(denoiser, (str, Path)):
-                denoiser = optimize_for_inference(load_denoiser(denoiser, device=best_device()))
+                denoiser = load_denoiser(denoiser, device=best_device(), optimize=True)
             denoiser_id = denoiser_identity(denoiser)
         self.denoiser = denoiser
         index = LogIndex.from_logs([log]) if log is not None else LogIndex()

@@ -148,8 +148,8 @@ def _denoiser(spec: str | None):
     if spec is None or spec in ("", "none"):
         return None, None
     from robust_api.denoisers.registry import denoiser_identity, load_denoiser
-    from robust_api.denoisers.speed import best_device, optimize_for_inference
+    from robust_api.denoisers.speed import best_device
 
-    module = load_denoiser(spec, device=best_device())
     # Folded BatchNorm + channels_last: same outputs within 1e-4, ~1.9x faster on CPU (benchmarks/denoiser.py).
-    return optimize_for_inference(module), denoiser_identity(module)
+    module = load_denoiser(spec, device=best_device(), optimize=True)
+    return module, denoiser_identity(module)
