@@ -40,7 +40,7 @@ def main() -> None:
     device = best_device()
     models = [(args.denoiser, load_denoiser(args.denoiser))] + [(a, build_denoiser(a).eval()) for a in args.arch]
     print(f"device {device}, torch threads {torch.get_num_threads()}")
-    print(f"| denoiser | size | batch | plain img/s | fold BN | channels_last | fold BN + channels_last | speed-up |")
+    print("| denoiser | size | batch | plain img/s | fold BN | channels_last | fold BN + channels_last | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for name, module in models:
         module = module.to(device).eval()

@@ -13,9 +13,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 

@@ -14,7 +14,7 @@ import math
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import typer
 
@@ -298,7 +298,7 @@ def certify_command(
 ) -> None:
     """Certify images against a provider: noise -> denoise -> query -> log -> certificate."""
     from robust_api.engine import CertifyParams
-    from robust_api.run import RunConfig, run_certification
+    from robust_api.run import RunConfig
 
     if emulator and endpoint:
         raise ConfigError("give --emulator or --endpoint, not both")

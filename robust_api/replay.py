@@ -378,7 +378,6 @@ def _certify_count(k: int, n: int, sigma: float, alpha: float) -> tuple[bool, fl
 # mode name -> certifier(group, options) -> Certificate. Add "clean" / "sequential" here.
 def _certify_clean(group: GroupSamples, opts: ReplayOptions) -> Certificate:
     """Clean-image selection: the candidate is the clean image's label, chosen independently of the noise."""
-    from robust_api import smoothing
 
     estimation = _first(group.estimation, opts.n, "estimation", group)
     counts_estimation = _count(estimation)

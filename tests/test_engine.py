@@ -1,7 +1,6 @@
 """The online path end to end through the local provider: certify, log, cache, resume, replay."""
 from __future__ import annotations
 
-import asyncio
 
 import numpy as np
 import pytest

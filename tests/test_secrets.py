@@ -10,7 +10,6 @@ import secrets
 import string
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
