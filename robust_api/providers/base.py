@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 from robust_api.errors import ProviderError
 
@@ -68,6 +68,24 @@ class Provider(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections; the default has nothing to release."""
+
+
+def answer_in_chunks(
+    chunks: Iterable[list[bytes]], total: int, send: Callable[[list[bytes]], list[ProviderResponse | ProviderError]]
+) -> list[ProviderResponse | ProviderError]:
+    """Send the chunks of one batch in order (for request-size caps). When a chunk fails after earlier ones
+    were answered (and paid for), keep those answers and give each remaining image the failure, so the
+    dispatcher re-sends only those; a failure of the first chunk is raised as the whole call's."""
+    out: list[ProviderResponse | ProviderError] = []
+    for chunk in chunks:
+        try:
+            out.extend(send(chunk))
+        except ProviderError as exc:
+            if not out:
+                raise
+            out.extend([exc] * (total - len(out)))
+            break
+    return out
 
 
 PROVIDER_NAMES = ("azure", "google", "aws", "clarifai", "local")

@@ -46,7 +46,7 @@ from robust_api.errors import (
     RetryableProviderError,
 )
 from robust_api.images import CLARIFAI_LIMITS
-from robust_api.providers.base import Pricing, Provider, ProviderResponse
+from robust_api.providers.base import Pricing, Provider, ProviderResponse, answer_in_chunks
 
 PAT_ENV = "CLARIFAI_PAT"
 AUTH_HINT = f"set {PAT_ENV} to a Clarifai personal access token"
@@ -215,17 +215,7 @@ class ClarifaiProvider(Provider):
         return await loop.run_in_executor(self._executor, self._classify_sync, images)
 
     def _classify_sync(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
-        out: list[ProviderResponse | ProviderError] = []
-        for chunk in _chunks(images):
-            try:
-                out.extend(self._predict(chunk))
-            except ProviderError as exc:
-                if not out:
-                    raise
-                # Earlier chunks were answered (and paid for): hand them over; the rest carry this error.
-                out.extend([exc] * (len(images) - len(out)))
-                break
-        return out
+        return answer_in_chunks(_chunks(images), len(images), self._predict)
 
     def _predict(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
         from clarifai_grpc.grpc.api import resources_pb2, service_pb2

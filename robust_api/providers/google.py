@@ -30,7 +30,7 @@ from robust_api.errors import (
     RetryableProviderError,
 )
 from robust_api.images import GOOGLE_LIMITS
-from robust_api.providers.base import Pricing, Provider, ProviderResponse
+from robust_api.providers.base import Pricing, Provider, ProviderResponse, answer_in_chunks
 
 API_KEY_ENV = "GOOGLE_API_KEY"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
@@ -176,18 +176,7 @@ class GoogleProvider(Provider):
         return await loop.run_in_executor(self._executor, self._classify_sync, images)
 
     def _classify_sync(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
-        out: list[ProviderResponse | ProviderError] = []
-        for chunk in _chunks(images):
-            try:
-                out.extend(self._annotate(chunk))
-            except ProviderError as exc:
-                if not out:
-                    raise
-                # Earlier chunks were answered (and paid for): hand them over and let the dispatcher re-send
-                # only the rest, which carry this chunk's error.
-                out.extend([exc] * (len(images) - len(out)))
-                break
-        return out
+        return answer_in_chunks(_chunks(images), len(images), self._annotate)
 
     def _annotate(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
         feature = {"type_": LABEL_DETECTION, "max_results": self.max_results}
