@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+import email.utils
+import time
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from robust_api.errors import ProviderError
 
@@ -68,6 +70,37 @@ class Provider(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections; the default has nothing to release."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """An HTTP Retry-After header in seconds (delta-seconds or HTTP-date form); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def base64_chunks(images: list[bytes], max_bytes: int, overhead_per_image: int = 0) -> Iterator[list[bytes]]:
+    """Consecutive groups of images whose base64 size (plus `overhead_per_image` each) stays under max_bytes;
+    an image larger than that on its own still forms a group (the provider then answers for it)."""
+    chunk: list[bytes] = []
+    size = 0
+    for data in images:
+        encoded = 4 * ((len(data) + 2) // 3) + overhead_per_image
+        if chunk and size + encoded > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(data)
+        size += encoded
+    if chunk:
+        yield chunk
 
 
 def answer_in_chunks(

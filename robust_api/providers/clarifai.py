@@ -36,7 +36,7 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from robust_api.errors import (
     RETRYABLE_KINDS,
@@ -46,7 +46,14 @@ from robust_api.errors import (
     RetryableProviderError,
 )
 from robust_api.images import CLARIFAI_LIMITS
-from robust_api.providers.base import Pricing, Provider, ProviderResponse, answer_in_chunks
+from robust_api.providers.base import (
+    Pricing,
+    Provider,
+    ProviderResponse,
+    answer_in_chunks,
+    base64_chunks,
+    parse_retry_after,
+)
 
 PAT_ENV = "CLARIFAI_PAT"
 AUTH_HINT = f"set {PAT_ENV} to a Clarifai personal access token"
@@ -215,7 +222,7 @@ class ClarifaiProvider(Provider):
         return await loop.run_in_executor(self._executor, self._classify_sync, images)
 
     def _classify_sync(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
-        return answer_in_chunks(_chunks(images), len(images), self._predict)
+        return answer_in_chunks(base64_chunks(images, MAX_REQUEST_BASE64_BYTES), len(images), self._predict)
 
     def _predict(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
         from clarifai_grpc.grpc.api import resources_pb2, service_pb2
@@ -289,7 +296,7 @@ class ClarifaiProvider(Provider):
         message = self._redact(self._describe(status, code))
         if kind == "auth":
             message = f"{message} ({AUTH_HINT})"
-        retry_after = _retry_after(self._last_http.headers.get("Retry-After")) if kind in RETRYABLE_KINDS else None
+        retry_after = parse_retry_after(self._last_http.headers.get("Retry-After")) if kind in RETRYABLE_KINDS else None
         return _error(kind, message, request_id=request_id, status=self._last_http.status, retry_after_s=retry_after)
 
     # -- transport failures ------------------------------------------------------------------------
@@ -331,36 +338,3 @@ def _make_session(timeout_s: float, pool_size: int) -> Any:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils
-    import time
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _chunks(images: list[bytes]) -> Iterator[list[bytes]]:
-    """Consecutive groups of images whose base64 payload stays under MAX_REQUEST_BASE64_BYTES."""
-    chunk: list[bytes] = []
-    size = 0
-    for data in images:
-        encoded = 4 * ((len(data) + 2) // 3)
-        if chunk and size + encoded > MAX_REQUEST_BASE64_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(data)
-        size += encoded
-    if chunk:
-        yield chunk

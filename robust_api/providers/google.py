@@ -20,7 +20,7 @@ import asyncio
 import concurrent.futures
 import os
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from robust_api.errors import (
     RETRYABLE_KINDS,
@@ -30,7 +30,14 @@ from robust_api.errors import (
     RetryableProviderError,
 )
 from robust_api.images import GOOGLE_LIMITS
-from robust_api.providers.base import Pricing, Provider, ProviderResponse, answer_in_chunks
+from robust_api.providers.base import (
+    Pricing,
+    Provider,
+    ProviderResponse,
+    answer_in_chunks,
+    base64_chunks,
+    parse_retry_after,
+)
 
 API_KEY_ENV = "GOOGLE_API_KEY"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
@@ -176,7 +183,8 @@ class GoogleProvider(Provider):
         return await loop.run_in_executor(self._executor, self._classify_sync, images)
 
     def _classify_sync(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
-        return answer_in_chunks(_chunks(images), len(images), self._annotate)
+        chunks = base64_chunks(images, MAX_REQUEST_JSON_BYTES, _REQUEST_OVERHEAD_BYTES)
+        return answer_in_chunks(chunks, len(images), self._annotate)
 
     def _annotate(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
         feature = {"type_": LABEL_DETECTION, "max_results": self.max_results}
@@ -245,7 +253,7 @@ class GoogleProvider(Provider):
         metadata = exc.metadata or {}
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None) or {}
-        retry_after = _retry_after(headers.get("Retry-After"))
+        retry_after = parse_retry_after(headers.get("Retry-After"))
         request_id = headers.get("x-request-id") or headers.get("X-Goog-Request-Id")
         kw = {"status": status, "request_id": request_id}
         if reason in _AUTH_REASONS or isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):
@@ -262,36 +270,3 @@ class GoogleProvider(Provider):
         if isinstance(exc, gexc.ClientError):  # 400 INVALID_ARGUMENT, 404, 413 ...
             return _error("bad_request", message, **kw)
         return _error("server", message, retry_after_s=retry_after, **kw)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (delta-seconds form; the HTTP-date form is converted too); None if absent."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils
-    import time
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _chunks(images: list[bytes]) -> Iterator[list[bytes]]:
-    """Consecutive groups of images whose base64 JSON stays under Google's 10 MB request limit."""
-    chunk: list[bytes] = []
-    size = 0
-    for data in images:
-        encoded = 4 * ((len(data) + 2) // 3) + _REQUEST_OVERHEAD_BYTES
-        if chunk and size + encoded > MAX_REQUEST_JSON_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(data)
-        size += encoded
-    if chunk:
-        yield chunk
