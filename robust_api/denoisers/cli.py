@@ -170,7 +170,8 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed"),
     batch: int = typer.Option(32, "--batch"),
     size: int = typer.Option(224, "--size", help="Evaluation image side (the classifier's input is 224)."),
-    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Fold BatchNorm + channels_last."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Fold BatchNorm + channels_last + --precision."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16/fp16 where native and PSNR-neutral), float32, bfloat16, float16."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write results (with per-image rows) here."),
 ) -> None:
@@ -193,7 +194,10 @@ def eval_cmd(
         methods = [ev.identity_method(), ev.tv_method(sigma, tv_weight)] if baselines else []
         for name in names:
             module = load_denoiser(name)
-            methods.append(ev.module_method(name, optimize_for_inference(module) if optimize else module))
+            if optimize:
+                module = optimize_for_inference(module, precision=precision)
+                name = f"{name} [{module.denoiser_precision}]"
+            methods.append(ev.module_method(name, module))
         if not methods:
             raise ConfigError("nothing to evaluate: no baselines and no denoiser")
         images = eval_images(crops, size)

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from robust_api.denoisers.architectures import build_denoiser
+from robust_api.denoisers import speed
+from robust_api.denoisers.registry import load_denoiser
 from robust_api.denoisers.speed import denoise_numpy, fold_batchnorm, optimize_for_inference
+from robust_api.errors import ConfigError
 
 
 def _randomise_batchnorm(net: torch.nn.Module) -> None:
@@ -25,7 +29,7 @@ def test_optimized_dncnn_matches_the_plain_module():
     net = build_denoiser("dncnn", depth=6, n_channels=16)
     _randomise_batchnorm(net)
     net.eval()
-    fast = optimize_for_inference(net)
+    fast = optimize_for_inference(net, precision="float32")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     x = torch.rand(3, 3, 33, 29)
     with torch.no_grad():
@@ -37,7 +41,7 @@ def test_optimized_memnet_matches_the_plain_module():
     net = build_denoiser("memnet_custom", channels=8, num_memblock=2, num_resblock=2)
     _randomise_batchnorm(net)
     net.eval()
-    fast = optimize_for_inference(net)
+    fast = optimize_for_inference(net, precision="float32")
     x = torch.rand(2, 3, 20, 20)
     with torch.no_grad():
         assert torch.allclose(fast(x), net(x), atol=1e-4)
@@ -57,3 +61,56 @@ def test_denoise_numpy_batches_and_single_images_agree():
     assert batched.shape == imgs.shape and single.shape == imgs[3].shape
     np.testing.assert_allclose(batched[3], single, atol=1e-6)
     assert batched.min() >= 0 and batched.max() <= 1
+
+
+def _photo_like(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two smooth colour images (upsampled random fields) and their noisy copies at sigma 0.25."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.nn.functional.interpolate(torch.rand(2, 3, 12, 12, generator=g), size=64, mode="bicubic").clamp(0, 1)
+    return clean, (clean + 0.25 * torch.randn(clean.shape, generator=g)).clamp(0, 1)
+
+
+def test_bfloat16_stays_within_an_8_bit_level_of_float32_for_a_shipped_denoiser():
+    net = load_denoiser("dncnn-s0.25")
+    fp32 = optimize_for_inference(net, precision="float32")
+    bf16 = optimize_for_inference(net, precision="bfloat16")
+    assert (fp32.denoiser_precision, bf16.denoiser_precision) == ("float32", "bfloat16")
+    assert bf16.denoiser_name == "dncnn-s0.25" and bf16.denoiser_sha256 == net.denoiser_sha256
+    _, noisy = _photo_like()
+    with torch.inference_mode():
+        a, b = fp32(noisy), bf16(noisy)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert float((a - b).abs().mean()) < 1.0 / 255  # bfloat16 keeps ~3 significant digits through 10 layers
+    assert speed.keeps_psnr(fp32, bf16, 0.25, torch.device("cpu"))
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    net = load_denoiser("dncnn-s0.25")
+    monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: False)
+    assert optimize_for_inference(net).denoiser_precision == "float32"
+    monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: True)  # autocast emulates bf16 where not native
+    fast = optimize_for_inference(net)
+    assert fast.denoiser_precision == "bfloat16" and isinstance(fast, speed.Autocast)
+
+
+def test_auto_precision_refuses_a_precision_that_costs_psnr(monkeypatch):
+    net = load_denoiser("dncnn-s0.25")
+    monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: True)
+    monkeypatch.setattr(speed, "keeps_psnr", lambda *a, **k: False)
+    assert optimize_for_inference(net).denoiser_precision == "float32"
+
+
+def test_keeps_psnr_rejects_a_degraded_candidate():
+    net = optimize_for_inference(load_denoiser("dncnn-s0.25"), precision="float32")
+
+    class Blurred(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(net(x), 5, stride=1, padding=2)
+
+    assert not speed.keeps_psnr(net, Blurred(), 0.25, torch.device("cpu"))
+    assert speed.keeps_psnr(net, net, 0.25, torch.device("cpu"))
+
+
+def test_unknown_precision_is_a_config_error():
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        optimize_for_inference(build_denoiser("dncnn", depth=3, n_channels=4), precision="int8")
