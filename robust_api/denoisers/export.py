@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pprint
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from robust_api.denoisers.checkpoints import checkpoint_dict, load_checkpoint, read_checkpoint_dict, save_checkpoint
 from robust_api.denoisers.evaluation import psnr
 from robust_api.denoisers.photos import PHOTOS, eval_images
-from robust_api.denoisers.registry import WEIGHTS_DIR, file_sha256
+from robust_api.denoisers.registry import WEIGHTS_DIR, file_sha256, get_weights
 from robust_api.denoisers.speed import denoise_numpy
 
 SHIPPED_NAMES = ("dncnn-s0.12", "dncnn-s0.25", "dncnn-s0.50", "dncnn-s0.25-stab")
@@ -34,22 +35,27 @@ def heldout_psnr(module: torch.nn.Module, sigma: float, seed: int = 0, crops: in
 
 
 def _recipe_chain(raw: dict[str, Any]) -> list[str]:
+    """Every command that led to this checkpoint, oldest first, following `--init` through files and shipped names."""
     meta = raw.get("meta") or {}
     chain: list[str] = []
     init = meta.get("init") or {}
     source = init.get("source") if isinstance(init, dict) else None
-    if source and Path(source).exists():
+    shipped = get_weights(source) if source else None
+    if shipped is not None:
+        chain += list(shipped.meta.get("recipe", []))
+    elif source and Path(source).exists():
         chain += _recipe_chain(read_checkpoint_dict(source))
     if meta.get("recipe"):
         chain.append(meta["recipe"])
     return chain
 
 
-def _portable(recipe: str, rundir: Path) -> str:
-    """The recorded command with the maintainer's run directories replaced by `runs/` (as train_shipped.sh uses)."""
-    import re
-
-    return re.sub(r"(--out|--init) (\S*/)?([^/\s]+\.pt)", r"\1 runs/\3", recipe)
+def _portable(recipe: str, name: str | None = None) -> str:
+    """The recorded command with the maintainer's run directories replaced by `runs/` (as train_shipped.sh uses),
+    an `--init` of a shipped name by that name's run file, and, given `name`, the output file by `runs/<name>.pt`."""
+    recipe = re.sub(r"--init (\S+)", lambda m: f"--init runs/{m[1]}.pt" if get_weights(m[1]) else m[0], recipe)
+    recipe = re.sub(r"(--out|--init) (\S*/)?([^/\s]+\.pt)", r"\1 runs/\3", recipe)
+    return recipe if name is None else re.sub(r"--out \S+", f"--out runs/{name}.pt", recipe)
 
 
 def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
@@ -59,13 +65,17 @@ def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
     for name in SHIPPED_NAMES:
         src = rundir / f"{name}.pt"
         if not src.exists():
-            print(f"skip {name}: {src} missing")
+            current = get_weights(name)
+            if current is not None:  # keep the shipped entry (and its file) as it is
+                entries.append({"name": name, "filename": current.filename, "sha256": current.sha256, "meta": current.meta})
+            print(f"keep {name}: {src} missing" if current else f"skip {name}: {src} missing")
             continue
         raw = read_checkpoint_dict(src)
         loaded = load_checkpoint(src)
         m = loaded.meta
         sigma = float(m["sigma"])
         noisy_db, denoised_db = heldout_psnr(loaded.module, sigma, seed)
+        chain = _recipe_chain(raw)
         meta = {
             "name": name,
             "arch": loaded.arch,
@@ -76,7 +86,7 @@ def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
             "training_data": m.get("data"),
             "steps": m.get("steps"),
             "train_seconds_cpu": m.get("train_seconds"),
-            "recipe": [_portable(r, rundir) for r in _recipe_chain(raw)],
+            "recipe": [_portable(r) for r in chain[:-1]] + [_portable(chain[-1], name)] if chain else [],
             "heldout_photos": heldout,
             "heldout_psnr_noisy_db": round(noisy_db, 2),
             "heldout_psnr_db": round(denoised_db, 2),
