@@ -73,7 +73,7 @@ def train_cmd(
     images: List[str] = typer.Option(..., "--images", help="Directory of training photos, or 'builtin' (repeatable)."),
     sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (periodically and at the end)."),
-    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom"),
+    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | dncnn_s2d | memnet_custom"),
     depth: Optional[int] = typer.Option(None, "--depth", help="DnCNN depth (arch dncnn)."),
     width: Optional[int] = typer.Option(None, "--width", help="DnCNN channels (arch dncnn)."),
     objective: str = typer.Option("mse", "--objective", help="mse | stab | stab+mse"),
@@ -86,6 +86,7 @@ def train_cmd(
     checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
     seed: int = typer.Option(0, "--seed"),
     min_confidence: float = typer.Option(0.0, "--min-confidence", help="Stab: skip samples whose clean top-1 probability is lower."),
+    freeze_bn: bool = typer.Option(False, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed (fine-tuning)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --out if it exists."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -106,7 +107,7 @@ def train_cmd(
         surrogate_names = list(surrogate) or (["efficientnet-lite0"] if objective_needs else [])
         config = TrainConfig(
             sigma=sigma, arch=arch, arch_overrides=overrides, objective=objective, steps=steps, batch=batch,
-            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence,
+            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence, freeze_bn=freeze_bn,
             surrogates=surrogate_names if objective_needs else [], data=description,
             recipe=_recipe("train"),
         )

@@ -42,6 +42,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     min_confidence: float = 0.0
+    freeze_bn: bool = False  # BatchNorm uses (and keeps) its running statistics, as at inference: for fine-tuning
     init: str | None = None
     surrogates: list[str] = field(default_factory=list)
     data: str = ""
@@ -240,6 +241,10 @@ def train_denoiser(
         )
 
     module.train()
+    if config.freeze_bn:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
