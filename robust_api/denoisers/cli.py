@@ -86,6 +86,7 @@ def train_cmd(
     checkpoint_every: int = typer.Option(200, "--checkpoint-every"),
     seed: int = typer.Option(0, "--seed"),
     min_confidence: float = typer.Option(0.0, "--min-confidence", help="Stab: skip samples whose clean top-1 probability is lower."),
+    mse_weight: float = typer.Option(0.0, "--mse-weight", help="Stab objectives: add this times the MSE loss (0: the paper's)."),
     freeze_bn: bool = typer.Option(False, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed (fine-tuning)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --out if it exists."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
@@ -107,7 +108,8 @@ def train_cmd(
         surrogate_names = list(surrogate) or (["efficientnet-lite0"] if objective_needs else [])
         config = TrainConfig(
             sigma=sigma, arch=arch, arch_overrides=overrides, objective=objective, steps=steps, batch=batch,
-            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence, freeze_bn=freeze_bn,
+            patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence,
+            mse_weight=mse_weight, freeze_bn=freeze_bn,
             surrogates=surrogate_names if objective_needs else [], data=description,
             recipe=_recipe("train"),
         )

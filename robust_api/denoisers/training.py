@@ -1,6 +1,8 @@
 """Denoiser training: MSE, Stab through frozen surrogate classifiers, and Stab+MSE (Stab fine-tuning of an MSE model).
 
 MSE:  || D(x + delta) - x ||^2.   Stab: sum over surrogates f of CE(f(D(x + delta)), argmax f(x)).
+With `mse_weight` > 0 the Stab objectives add mse_weight * MSE, which keeps a fine-tuned denoiser's output close to
+the clean image when the training photos are few (pure Stab then drifts towards whatever the surrogate likes).
 Noisy inputs are clipped to [0,1], as the serving path clips them. Batches are random patches of the given
 photos with random flips and 90-degree rotations; Adam with a cosine learning-rate decay (a function of the step,
 so resuming reproduces the schedule). Checkpoints are written every `checkpoint_every` steps and at the end.
@@ -42,6 +44,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     min_confidence: float = 0.0
+    mse_weight: float = 0.0  # Stab objectives: + mse_weight * MSE (0 = the paper's objective)
     freeze_bn: bool = False  # BatchNorm uses (and keeps) its running statistics, as at inference: for fine-tuning
     init: str | None = None
     surrogates: list[str] = field(default_factory=list)
@@ -55,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"sigma must be > 0, got {self.sigma}")
         if self.steps < 1 or self.batch < 1 or self.patch < 8:
             raise ConfigError("steps and batch must be >= 1 and patch >= 8")
+        if self.mse_weight < 0:
+            raise ConfigError(f"mse_weight must be >= 0, got {self.mse_weight}")
         if self.objective == "stab+mse" and not self.init:
             raise ConfigError("stab+mse fine-tunes an MSE-trained denoiser: pass its checkpoint with --init")
 
@@ -119,14 +124,17 @@ def stab_loss(
     noisy: torch.Tensor,
     surrogates: Sequence[nn.Module],
     min_confidence: float = 0.0,
+    mse_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Sum over surrogates of CE(f(D(noisy)), argmax f(clean)); surrogates stay frozen, gradients reach D only.
+    """Sum over surrogates of CE(f(D(noisy)), argmax f(clean)) (+ mse_weight * MSE(D(noisy), clean)); surrogates
+    stay frozen, gradients reach D only.
 
     With min_confidence > 0, samples whose clean top-1 probability is below it are left out for that surrogate:
     on textures or background the clean label is arbitrary, and asking the denoiser to keep it teaches noise.
     """
     denoised = denoiser(noisy)
-    total = denoised.sum() * 0.0  # keeps the graph when every sample is filtered out (a zero-gradient step)
+    # the zero term keeps the graph when every sample is filtered out (a zero-gradient step)
+    total = F.mse_loss(denoised, clean) * mse_weight if mse_weight else denoised.sum() * 0.0
     for f in surrogates:
         with torch.no_grad():
             probs = f(clean).softmax(1)
@@ -253,7 +261,7 @@ def train_denoiser(
         if config.objective == "mse":
             loss = mse_loss(module, clean, noisy)
         else:
-            loss = stab_loss(module, clean, noisy, surrogates, config.min_confidence)
+            loss = stab_loss(module, clean, noisy, surrogates, config.min_confidence, config.mse_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

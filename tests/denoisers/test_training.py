@@ -177,3 +177,22 @@ def test_frozen_batchnorm_keeps_its_running_statistics(tmp_path):
     assert before and all(torch.equal(before[k], after[k]) for k in before)
     assert any(not torch.equal(a, b) for (k, a), b in zip(tuned.module.state_dict().items(), init.module.state_dict().values())
                if "weight" in k)  # the weights themselves did move
+
+
+def test_mse_weight_adds_the_mse_term_to_stab():
+    from robust_api.denoisers.architectures import build_denoiser
+    from robust_api.denoisers.training import stab_loss
+
+    torch.manual_seed(0)
+    net = build_denoiser("dncnn", **TINY)
+    clean = torch.rand(4, 3, 16, 16)
+    noisy = (clean + 0.25 * torch.randn_like(clean)).clamp(0, 1)
+    f = TinyClassifier()
+    stab = stab_loss(net, clean, noisy, [f])
+    both = stab_loss(net, clean, noisy, [f], mse_weight=100.0)
+    mse = torch.nn.functional.mse_loss(net(noisy), clean)
+    assert torch.allclose(both, stab + 100.0 * mse, rtol=1e-5)
+    # with every sample filtered out, only the MSE term is left
+    assert torch.allclose(stab_loss(net, clean, noisy, [f], min_confidence=1.01, mse_weight=2.0), 2.0 * mse)
+    with pytest.raises(ConfigError, match="mse_weight"):
+        config(mse_weight=-1.0).validate()
