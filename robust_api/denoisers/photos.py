@@ -42,12 +42,6 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
     return load
 
 
-def _motorcycle_left() -> np.ndarray:
-    import skimage.data
-
-    return skimage.data.stereo_motorcycle()[0]
-
-
 def _grace_hopper() -> np.ndarray:
     import matplotlib.cbook
 
@@ -64,7 +58,6 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("immunohistochemistry", "skimage.data", "no known copyright restrictions", True, False),
     Photo("retina", "skimage.data", "CC0 1.0 (Wikimedia)", True, False),
     Photo("china", "sklearn.datasets", "CC-BY 2.0 (Flickr, via scikit-learn)", True, False),
-    Photo("motorcycle_left", "skimage.data", "Middlebury 2014 stereo benchmark (research use, via scikit-image)", True, False),
     Photo("camera", "skimage.data", "CC0 (Lav Varshney)", False, False),
     Photo("moon", "skimage.data", "no known copyright restrictions", False, False),
     Photo("brick", "skimage.data", "CC0 (CC0Textures)", False, False),
@@ -83,7 +76,6 @@ PHOTOS: tuple[Photo, ...] = (
 
 _LOADERS: dict[str, Callable[[], np.ndarray]] = {
     **{p.name: _skimage(p.name) for p in PHOTOS if p.source == "skimage.data"},
-    "motorcycle_left": _motorcycle_left,
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
     "grace_hopper": _grace_hopper,
