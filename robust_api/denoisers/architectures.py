@@ -10,10 +10,10 @@ from typing import Any, Callable
 from torch import nn
 
 from robust_api.errors import ConfigError
-from robust_api.denoisers.dncnn import DnCNN, SpaceToDepthDnCNN
+from robust_api.denoisers.dncnn import DnCNN
 from robust_api.denoisers.memnet import MemNet
 
-_FAMILY: dict[str, Callable[..., nn.Module]] = {"dncnn": DnCNN, "dncnn_s2d": SpaceToDepthDnCNN, "memnet": MemNet}
+_FAMILY: dict[str, Callable[..., nn.Module]] = {"dncnn": DnCNN, "memnet": MemNet}
 
 # name -> (family, default constructor arguments); the reference's names and shapes (architectures.py there)
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -24,8 +24,6 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "imagenet_memnet": ("memnet", {"in_channels": 3, "channels": 64, "num_memblock": 3, "num_resblock": 6}),
     # ours: any depth/width; the shipped weights use depth 10, 32 channels (fast enough for CPU serving)
     "dncnn": ("dncnn", {"depth": 10, "n_channels": 32, "image_channels": 3, "bn_momentum": 0.1}),
-    # ours: DnCNN on 2x2 space-to-depth blocks (FFDNet's layout): twice the receptive field per layer
-    "dncnn_s2d": ("dncnn_s2d", {"depth": 12, "n_channels": 64, "image_channels": 3, "factor": 2, "bn_momentum": 0.1}),
     "memnet_custom": ("memnet", {"in_channels": 3, "channels": 32, "num_memblock": 2, "num_resblock": 3}),
 }
 
@@ -37,7 +35,7 @@ def arch_config(arch: str, **overrides: Any) -> dict[str, Any]:
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown denoiser architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     family, defaults = ARCHITECTURES[arch]
-    unknown = set(overrides) - set(defaults) - {"kernel_size", "bn_momentum", "factor"}
+    unknown = set(overrides) - set(defaults) - {"kernel_size", "bn_momentum"}
     if unknown:
         raise ConfigError(f"{arch}: unknown architecture option(s) {sorted(unknown)}")
     return {**defaults, **{k: v for k, v in overrides.items() if v is not None}}

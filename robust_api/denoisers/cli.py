@@ -73,7 +73,7 @@ def train_cmd(
     images: List[str] = typer.Option(..., "--images", help="Directory of training photos, or 'builtin' (repeatable)."),
     sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (periodically and at the end)."),
-    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | dncnn_s2d | memnet_custom"),
+    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom"),
     depth: Optional[int] = typer.Option(None, "--depth", help="DnCNN depth (arch dncnn)."),
     width: Optional[int] = typer.Option(None, "--width", help="DnCNN channels (arch dncnn)."),
     objective: str = typer.Option("mse", "--objective", help="mse | stab | stab+mse"),

@@ -61,31 +61,3 @@ class DnCNN(nn.Module):
         out = x - self.dncnn(x)
         return out if self.training or not self.clamp_output else out.clamp(0.0, 1.0)
 
-
-class SpaceToDepthDnCNN(nn.Module):
-    """DnCNN run on a `factor` x `factor` space-to-depth rearrangement of the image (FFDNet's layout, without its
-    noise-level map): 4x fewer positions per conv at factor 2, so a wider, deeper net with twice the receptive field
-    costs what a plain DnCNN costs. Residual output `x - net(x)`; sides that are not multiples of `factor` are
-    reflect-padded and cropped back. Not a reference architecture (no reference checkpoint uses it).
-    """
-
-    def __init__(
-        self, depth: int = 10, n_channels: int = 64, image_channels: int = 3, factor: int = 2,
-        kernel_size: int = 3, bn_momentum: float = 0.1,
-    ) -> None:
-        super().__init__()
-        if factor < 1:
-            raise ValueError("factor must be >= 1")
-        self.factor = factor
-        self.image_channels = image_channels
-        self.clamp_output = True
-        self.body = DnCNN(depth, n_channels, image_channels * factor * factor, kernel_size, bn_momentum)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.factor
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % f, (-w) % f
-        padded = nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
-        noise = nn.functional.pixel_shuffle(self.body.dncnn(nn.functional.pixel_unshuffle(padded, f)), f)
-        out = x - noise[..., :h, :w]
-        return out if self.training or not self.clamp_output else out.clamp(0.0, 1.0)

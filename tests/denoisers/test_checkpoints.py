@@ -172,22 +172,3 @@ def test_top_level_tensor_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not a denoiser checkpoint"):
         load_checkpoint(path)
 
-
-@pytest.mark.parametrize("size", [(32, 32), (33, 30), (7, 9)])
-def test_space_to_depth_dncnn_is_residual_keeps_any_size_and_folds(size):
-    from robust_api.denoisers.speed import optimize_for_inference
-
-    net = build_denoiser("dncnn_s2d", depth=4, n_channels=8).eval()
-    x = torch.rand(2, 3, *size)
-    with torch.no_grad():
-        assert torch.equal(net(x), x)  # zero last layer: starts as the identity, like DnCNN
-        g = torch.Generator().manual_seed(0)
-        for m in net.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                m.weight.copy_(0.01 * torch.randn(m.weight.shape, generator=g))
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-        y = net(x)
-        assert y.shape == x.shape and not torch.equal(y, x)
-        assert torch.allclose(optimize_for_inference(net, precision="float32")(x), y, atol=1e-5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,8 +82,10 @@ def test_cli_eval_runs_tiny_and_reports_every_method(tmp_path):
         "--n0", "2", "--n", "4", "--batch", "8", "--json", str(out),
     ])
     assert result.exit_code == 0, result.output
-    for name in ("none", "tv(w=0.15)", str(ckpt)):
+    for name in ("none", "tv(w=0.15)"):
         assert f"| {name} |" in result.output
+    served = re.search(re.escape(f"| {ckpt} [") + r"(float32|bfloat16)\] \|", result.output)  # with its precision
+    assert served
     payload = json.loads(out.read_text())
-    assert [r["name"] for r in payload["results"]] == ["none", "tv(w=0.15)", str(ckpt)]
+    assert [r["name"] for r in payload["results"]] == ["none", "tv(w=0.15)", f"{ckpt} [{served[1]}]"]
     assert payload["settings"]["n"] == 4

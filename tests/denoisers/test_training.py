@@ -152,19 +152,6 @@ def test_stab_ignores_samples_whose_clean_label_is_not_confident(tmp_path):
     assert run.losses == [0.0, 0.0, 0.0]
 
 
-def test_space_to_depth_dncnn_trains_and_reloads(tmp_path):
-    torch.manual_seed(0)
-    out = tmp_path / "s2d.pt"
-    cfg = config(arch="dncnn_s2d", arch_overrides={"depth": 3, "n_channels": 16}, steps=150)
-    result = train_denoiser(cfg, smooth_images(), out, device="cpu")
-    assert np.mean(result.losses[-10:]) < 0.7 * np.mean(result.losses[:5])
-    loaded = load_checkpoint(out)
-    assert loaded.arch == "dncnn_s2d" and loaded.config["factor"] == 2 and loaded.config["n_channels"] == 16
-    x = torch.rand(1, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.allclose(loaded.module(x), result.module(x), atol=1e-6)
-
-
 def test_frozen_batchnorm_keeps_its_running_statistics(tmp_path):
     images = smooth_images()
     init = train_denoiser(config(steps=5), images, tmp_path / "init.pt", device="cpu")
