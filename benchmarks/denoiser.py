@@ -47,7 +47,7 @@ def main() -> None:
     lowp = "float16" if device.type == "cuda" else "bfloat16"
     print(f"auto precision here: {optimize_for_inference(models[0][1].to(device)).denoiser_precision}")
     print(f"| denoiser | size | batch | plain img/s | fold BN | channels_last | fold BN + channels_last | + {lowp} "
-          "| speed-up fp32 | speed-up {lowp} |")
+          f"| speed-up fp32 | speed-up {lowp} |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, module in models:
         module = module.to(device).eval()
