@@ -81,6 +81,9 @@ class Engine:
         self.index = index if index is not None else LogIndex()
         self.denoiser = denoiser
         self.denoiser_id = denoiser_id if denoiser is not None else None
+        # informational (not part of the cache key): the precision the denoiser was served in, see denoisers/speed.py
+        precision = getattr(denoiser, "denoiser_precision", None) if denoiser is not None else None
+        self._denoiser_notes = {"denoiser_precision": precision} if precision else {}
         self.denoise_batch = max(1, denoise_batch)
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.settings = provider.settings()
@@ -188,7 +191,10 @@ class Engine:
             latency_ms=round(outcome.latency_ms, 3),
             attempts=outcome.attempts,
             ts=time.time(),
-            extra={**(extra or {}), **notes, **({"request_id": response.request_id} if response.request_id else {})},
+            extra={
+                **(extra or {}), **notes, **self._denoiser_notes,
+                **({"request_id": response.request_id} if response.request_id else {}),
+            },
         )
 
     def _label(self, response: dict) -> str:

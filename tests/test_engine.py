@@ -119,7 +119,7 @@ async def test_clean_mode_uses_the_clean_label_and_skips_selection(tmp_path):
     assert cert.radius_l2 == pytest.approx(smoothing.certify_with_candidate("bright", cert.counts_estimation, 0.12, 0.01)[1])
 
 
-async def test_denoiser_runs_on_noisy_samples_only():
+async def test_denoiser_runs_on_noisy_samples_only(tmp_path):
     class Flatten(torch.nn.Module):  # replaces every pixel by the image mean: a perfect denoiser for flat images
         def __init__(self):
             super().__init__()
@@ -131,11 +131,16 @@ async def test_denoiser_runs_on_noisy_samples_only():
             return x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x) * self.scale
 
     den = Flatten()
+    den.denoiser_precision = "bfloat16"  # as optimize_for_inference marks it
     model = Brightness(threshold=0.5)
-    engine, _ = make_engine(model, denoiser=den)
+    engine, writer = make_engine(model, tmp_path / "q.jsonl", denoiser=den)
     cert = await engine.certify(grey(0.55), CertifyParams(sigma=0.5, n0=8, n=40, alpha=0.01))
+    writer.close()
     assert den.seen == 48  # clean image is sent as is
     assert cert.counts_estimation == {"bright": 40}  # the mean of noisy copies stays above 0.5
+    records = list(read_log(tmp_path / "q.jsonl"))
+    assert {r.extra.get("denoiser_precision") for r in records} == {"bfloat16"}  # noted, but not in the cache key
+    assert all(r.denoiser == {"name": "box", "sha256": "0" * 64} for r in records)
 
 
 def test_robustapi_reference_signatures_online_and_offline(tmp_path):
