@@ -60,4 +60,3 @@ class DnCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x - self.dncnn(x)
         return out if self.training or not self.clamp_output else out.clamp(0.0, 1.0)
-

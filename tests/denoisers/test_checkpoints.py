@@ -171,4 +171,3 @@ def test_top_level_tensor_is_not_a_checkpoint(tmp_path):
     torch.save(torch.zeros(3), path)
     with pytest.raises(CheckpointError, match="not a denoiser checkpoint"):
         load_checkpoint(path)
-
