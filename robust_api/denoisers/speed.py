@@ -132,7 +132,11 @@ def choose_precision(module: nn.Module, precision: str = "auto", sigma: float | 
     else:
         return "float32"
     lowp = Autocast(module, getattr(torch, candidate))
-    return candidate if keeps_psnr(module, lowp, 0.25 if sigma is None else sigma, device) else "float32"
+    try:
+        keeps = keeps_psnr(module, lowp, 0.25 if sigma is None else sigma, device)
+    except (RuntimeError, TypeError, NotImplementedError):  # an op without a reduced-precision kernel: stay exact
+        keeps = False
+    return candidate if keeps else "float32"
 
 
 def optimize_for_inference(

@@ -114,3 +114,29 @@ def test_keeps_psnr_rejects_a_degraded_candidate():
 def test_unknown_precision_is_a_config_error():
     with pytest.raises(ConfigError, match="precision must be one of"):
         optimize_for_inference(build_denoiser("dncnn", depth=3, n_channels=4), precision="int8")
+
+
+def test_auto_precision_falls_back_when_a_module_fails_in_reduced_precision(monkeypatch):
+    class Float32Only(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            if torch.is_autocast_enabled(x.device.type):
+                raise RuntimeError("no bf16 kernel")
+            return x * self.w
+
+    monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: True)
+    fast = optimize_for_inference(Float32Only())
+    assert fast.denoiser_precision == "float32"
+
+
+def test_reference_memnet_runs_in_bfloat16():
+    net = build_denoiser("memnet_custom", channels=8, num_memblock=2, num_resblock=2).eval()
+    _randomise_batchnorm(net)
+    x = torch.rand(1, 3, 24, 24)
+    with torch.inference_mode():
+        ref = optimize_for_inference(net, precision="float32")(x)
+        low = optimize_for_inference(net, precision="bfloat16")(x)
+    assert low.dtype == torch.float32 and float((ref - low).abs().max()) < 0.05
