@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from robust_api.denoisers import build_denoiser, load_denoiser, optimize_for_inference
+from robust_api.denoisers.evaluation import psnr
 from robust_api.denoisers.speed import best_device
 
 
@@ -84,8 +85,8 @@ def print_psnr(name: str, module: torch.nn.Module, variants: list, device: torch
     with torch.inference_mode():
         for v in variants:
             out = torch.cat([v(noisy[i:i + 8]) for i in range(0, len(noisy), 8)]).clamp(0, 1)
-            mse = ((out - images) ** 2).mean(dim=(1, 2, 3))
-            cells.append(f"{v.denoiser_precision} {float((10 * torch.log10(1 / mse)).mean()):.3f} dB")
+            db = psnr(out.float().cpu().numpy(), images.cpu().numpy()).mean()
+            cells.append(f"{v.denoiser_precision} {db:.3f} dB")
     print(f"{name}: held-out PSNR at sigma {sigma:g} ({len(images)} crops): " + ", ".join(cells), flush=True)
 
 

@@ -13,7 +13,6 @@ covers), so every certificate stays valid.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -99,11 +98,6 @@ def _check_images(device: torch.device, sigma: float) -> tuple[torch.Tensor, tor
     return clean.to(device), noisy.to(device)
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def keeps_psnr(reference: nn.Module, candidate: nn.Module, sigma: float, device: torch.device) -> bool:
     """Whether `candidate`'s PSNR on the check image is within PSNR_TOLERANCE_DB of `reference`'s (and finite)."""
     clean, noisy = _check_images(device, sigma)
@@ -112,7 +106,11 @@ def keeps_psnr(reference: nn.Module, candidate: nn.Module, sigma: float, device:
         out = candidate(noisy).clamp(0, 1)
     if not bool(torch.isfinite(out).all()):
         return False
-    return abs(_psnr(out, clean) - _psnr(ref, clean)) < PSNR_TOLERANCE_DB
+    from robust_api.denoisers.evaluation import psnr
+
+    target = clean.float().cpu().numpy()
+    ref_db, out_db = (float(psnr(t.float().cpu().numpy(), target)[0]) for t in (ref, out))
+    return abs(out_db - ref_db) < PSNR_TOLERANCE_DB
 
 
 def choose_precision(module: nn.Module, precision: str = "auto", sigma: float | None = None) -> str:
