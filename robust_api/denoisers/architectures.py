@@ -1,4 +1,4 @@
-"""Denoiser architectures by name: the reference's five names plus configurable `dncnn` / `memnet_custom`.
+"""Denoiser architectures by name: the reference's five names plus configurable `dncnn` / `memnet_custom` / `ffdnet`.
 
 `build_denoiser(arch, **config)` returns a freshly initialised module; `arch_config(arch, **overrides)` the full
 constructor arguments that a checkpoint records so the same module can be rebuilt.
@@ -11,9 +11,10 @@ from torch import nn
 
 from robust_api.errors import ConfigError
 from robust_api.denoisers.dncnn import DnCNN
+from robust_api.denoisers.ffdnet import FFDNet
 from robust_api.denoisers.memnet import MemNet
 
-_FAMILY: dict[str, Callable[..., nn.Module]] = {"dncnn": DnCNN, "memnet": MemNet}
+_FAMILY: dict[str, Callable[..., nn.Module]] = {"dncnn": DnCNN, "memnet": MemNet, "ffdnet": FFDNet}
 
 # name -> (family, default constructor arguments); the reference's names and shapes (architectures.py there)
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -25,6 +26,8 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     # ours: any depth/width; the shipped weights use depth 10, 32 channels (fast enough for CPU serving)
     "dncnn": ("dncnn", {"depth": 10, "n_channels": 32, "image_channels": 3, "bn_momentum": 0.1}),
     "memnet_custom": ("memnet", {"in_channels": 3, "channels": 32, "num_memblock": 2, "num_resblock": 3}),
+    # FFDNet (Zhang et al. 2018) in KAIR's layout; defaults = KAIR's colour model (12 convs x 96 channels)
+    "ffdnet": ("ffdnet", {"depth": 12, "n_channels": 96, "image_channels": 3, "noise_level": 0.25}),
 }
 
 REFERENCE_ARCHITECTURES = ("cifar_dncnn", "cifar_dncnn_wide", "memnet", "imagenet_dncnn", "imagenet_memnet")

@@ -80,6 +80,11 @@ def strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def module_from_checkpoint(ckpt: Mapping[str, Any], *, name: str = "checkpoint") -> LoadedCheckpoint:
     """Rebuild the denoiser a checkpoint dict describes; raises CheckpointError naming what is wrong."""
+    from robust_api.denoisers.ffdnet import is_kair_ffdnet, kair_config
+
+    if "arch" not in ckpt and is_kair_ffdnet(ckpt):
+        # a bare KAIR FFDNet state dict (e.g. ffdnet_color.pth): its layout names the architecture
+        ckpt = {"arch": "ffdnet", "state_dict": dict(ckpt), "arch_config": kair_config(ckpt)}
     arch = ckpt.get("arch")
     if not isinstance(arch, str):
         raise CheckpointError(f"{name}: not a denoiser checkpoint (no 'arch' entry)")

@@ -22,42 +22,34 @@ def _group() -> None:
     """Train, evaluate and list denoisers."""
 
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
 def _fail(exc: Exception) -> None:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code=2)
 
 
-def load_image_dirs(sources: List[str]) -> tuple[list, str]:
-    """Training images (pyramid of scales) from directories and/or the token `builtin`, plus a description."""
-    import numpy as np
-    from PIL import Image
+def load_image_dirs(sources: List[str], split: str = "all", limit: Optional[int] = None) -> tuple[list, str]:
+    """Training images (pyramid of scales) from directories and/or the token `builtin`, plus a description.
 
-    from robust_api.denoisers import photos
-    from robust_api.errors import ConfigError, ImageError
+    Folders are read through `datasets.load_folder` with `split` (train | heldout | all: the fixed
+    index % 10 == 9 rule) and decoded once into uint8; `limit` keeps the first photos of each folder's split.
+    """
+    from robust_api.denoisers import datasets, photos
 
-    named: list[tuple[str, np.ndarray]] = []
+    named: list = []
     described = []
     for src in sources:
         if src == "builtin":
             named += photos.training_photos()
             described.append("builtin:" + ",".join(n for n, _ in photos.training_photos()))
             continue
-        folder = Path(src)
-        if not folder.is_dir():
+        if not Path(src).is_dir():
             raise ConfigError(f"--images {src}: not a directory (or the token 'builtin')")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"--images {src}: no image files found")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    named.append((f.name, np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0))
-            except OSError as exc:
-                raise ImageError(f"{f}: cannot read image ({exc})") from exc
-        described.append(f"{src} ({len(files)} images)")
+        try:
+            found = datasets.load_folder(src, split, limit=limit)
+        except ConfigError as exc:
+            raise ConfigError(f"--images {exc}") from exc
+        named += [(p.name, p.pixels) for p in found]
+        described.append(datasets.describe(src, split, found) + (f" (first {limit})" if limit else ""))
     return photos.training_pyramid(named), "; ".join(described)
 
 
@@ -71,6 +63,8 @@ def _recipe(command: str) -> str:
 @denoiser_app.command("train")
 def train_cmd(
     images: List[str] = typer.Option(..., "--images", help="Directory of training photos, or 'builtin' (repeatable)."),
+    split: str = typer.Option("train", "--split", help="Photos of each --images folder to use: train | heldout | all (index % 10 == 9 is held out)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N photos of each folder's split."),
     sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (periodically and at the end)."),
     arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom"),
@@ -102,7 +96,7 @@ def train_cmd(
     if threads:
         torch.set_num_threads(threads)
     try:
-        data, description = load_image_dirs(images)
+        data, description = load_image_dirs(images, split, limit)
         overrides = {k: v for k, v in {"depth": depth, "n_channels": width}.items() if v is not None}
         objective_needs = objective in ("stab", "stab+mse")
         surrogate_names = list(surrogate) or (["efficientnet-lite0"] if objective_needs else [])

@@ -153,6 +153,7 @@ def training_pyramid(photos: list[tuple[str, np.ndarray]], size: int = 224) -> l
     """Each photo at the scales evaluation crops see it (short side size/1.0, size/0.75, size/0.5, capped at native).
 
     Training on these scales matches the statistics the denoiser meets on 224x224 crops of whole photos.
+    uint8 photos give uint8 scales, float photos float32 ones.
     """
     out = []
     for _, arr in photos:
@@ -165,5 +166,12 @@ def training_pyramid(photos: list[tuple[str, np.ndarray]], size: int = 224) -> l
                 continue
             seen.add(target)
             scale = target / short
-            out.append(arr if target == short else resize(arr, max(1, round(w * scale)), max(1, round(h * scale))))
+            if target == short:
+                out.append(arr)
+                continue
+            size_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if arr.dtype == np.uint8:  # uint8 photos stay uint8 (a quarter of float32's memory)
+                out.append(np.asarray(Image.fromarray(arr).resize(size_wh, Image.BICUBIC)))
+            else:
+                out.append(resize(arr, *size_wh))
     return out

@@ -83,7 +83,22 @@ def file_sha256(path: str | Path) -> str:
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
-    """A registry name -> its verified file; anything else -> that path. CheckpointError on sha256 mismatch."""
+    """A registry name -> its verified file; anything else -> that path. CheckpointError on sha256 mismatch.
+
+    Names are the shipped denoisers and the pretrained files of other packages (`pretrained.PRETRAINED`).
+    """
+    from robust_api.denoisers.pretrained import PRETRAINED
+
+    if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
+        external = PRETRAINED[name_or_path]
+        path = external.path()
+        actual = file_sha256(path)
+        if actual != external.sha256:
+            raise CheckpointError(
+                f"denoiser {external.name}: sha256 of {path} is {actual[:16]}..., expected {external.sha256[:16]}... "
+                f"(a different {external.package} release?)"
+            )
+        return path
     entry = get_weights(str(name_or_path)) if isinstance(name_or_path, str) else None
     if entry is None:
         path = Path(name_or_path).expanduser()
@@ -106,20 +121,32 @@ def load_denoiser(
     *,
     trusted: bool = False,
     optimize: bool = False,
+    sigma: float | None = None,
 ) -> nn.Module:
     """The denoiser (eval mode, on `device` or CPU) for a shipped name or a checkpoint path.
 
     Images in [0,1] NCHW in and out. The module carries `.denoiser_name` and `.denoiser_sha256` for the query logs.
     `optimize=True` returns `optimize_for_inference(module)` (same outputs within 1e-4, ~1.5-2x faster at 224px).
+    `sigma` is the noise level being certified: a denoiser with a noise-level input whose file does not fix it
+    (`ffdnet-color`) is told this sigma, and the name it is logged under says so (`ffdnet-color@sigma=0.25`), so
+    cached samples are only reused at the same setting. Trained checkpoints keep the level they were trained at.
     Raises CheckpointError for unknown names, tampered shipped files and non-checkpoint files.
     """
+    from robust_api.denoisers.pretrained import PRETRAINED
+
     path = resolve_path(name_or_path)
     loaded = load_checkpoint(path, device=device, trusted=trusted)
     module = loaded.module
     entry = get_weights(str(name_or_path)) if isinstance(name_or_path, str) else None
+    external = PRETRAINED.get(str(name_or_path)) if isinstance(name_or_path, str) else None
     module.denoiser_name = entry.name if entry else str(name_or_path)
-    module.denoiser_sha256 = entry.sha256 if entry else file_sha256(path)
-    module.denoiser_meta = dict(entry.meta) if entry else dict(loaded.meta)
+    module.denoiser_sha256 = entry.sha256 if entry else (external.sha256 if external else file_sha256(path))
+    module.denoiser_meta = dict(entry.meta) if entry else dict(external.meta if external else loaded.meta)
+    if external is not None and hasattr(module, "noise_level"):
+        level = 0.25 if sigma is None else float(sigma)
+        module.noise_level = level
+        module.denoiser_name = f"{external.name}@sigma={level:g}"
+        module.denoiser_meta["sigma"] = level
     if optimize:
         from robust_api.denoisers.speed import optimize_for_inference
 

@@ -74,12 +74,17 @@ class TrainResult:
 
 
 class PatchSampler:
-    """Random `patch` x `patch` crops of the images (each >= patch on both sides), with flips and rotations."""
+    """Random `patch` x `patch` crops of the images (each >= patch on both sides), with flips and rotations.
+
+    Images are HxWx3 arrays: float in [0,1], or uint8 (0..255, kept as uint8 and scaled per crop).
+    """
 
     def __init__(self, images: Sequence[np.ndarray], patch: int, generator: torch.Generator) -> None:
         self.patch = patch
+        # uint8 photos stay uint8 in memory (decoded once; each crop is converted to float when cut)
         self.images = [
-            torch.from_numpy(np.array(a, dtype=np.float32, copy=True)).permute(2, 0, 1).contiguous()
+            torch.from_numpy(np.array(a, dtype=np.uint8 if a.dtype == np.uint8 else np.float32, copy=True))
+            .permute(2, 0, 1).contiguous()
             for a in images
             if a.shape[0] >= patch and a.shape[1] >= patch
         ]
@@ -99,6 +104,7 @@ class PatchSampler:
             y = int(torch.randint(0, img.shape[1] - self.patch + 1, (1,), generator=g))
             x = int(torch.randint(0, img.shape[2] - self.patch + 1, (1,), generator=g))
             crop = img[:, y:y + self.patch, x:x + self.patch]
+            crop = crop.float() / 255.0 if crop.dtype == torch.uint8 else crop
             k = int(torch.randint(0, 4, (1,), generator=g))
             if k:
                 crop = torch.rot90(crop, k, dims=(1, 2))
@@ -164,8 +170,13 @@ def _initial_module(config: TrainConfig, device: torch.device) -> tuple[nn.Modul
             raise ConfigError(f"--init {config.init} is a {loaded.arch!r} denoiser, not {config.arch!r}")
         from robust_api.denoisers.registry import file_sha256
 
-        return loaded.module.to(device), loaded.config, {"source": str(config.init), "sha256": file_sha256(path)}
+        module, cfg = loaded.module, dict(loaded.config)
+        if hasattr(module, "noise_level"):  # FFDNet: its noise-level input is the sigma it is trained at
+            module.noise_level = cfg["noise_level"] = float(config.sigma)
+        return module.to(device), cfg, {"source": str(config.init), "sha256": file_sha256(path)}
     cfg = arch_config(config.arch, **config.arch_overrides)
+    if "noise_level" in cfg:
+        cfg["noise_level"] = float(config.sigma)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # same seed, same initial weights: runs are reproducible
         module = build_denoiser(config.arch, **cfg)

@@ -1,0 +1,104 @@
+"""Photo folders for training and evaluating denoisers, with a fixed train / held-out split.
+
+A folder's image files, sorted by path, are numbered 0, 1, 2, ...; photo i is **held out** when i % 10 == 9 and
+used for **training** otherwise. For `imagenet-samples` (1000 files `nXXXXXXXX_<class>.JPEG`, one per ILSVRC-2012
+class in class order) this is the project's fixed split (900 train / 100 held out) and the file's position is its
+true ImageNet class index, so `true_class` is set. Any other folder gets the same rule with `true_class=None`.
+
+Photos are decoded once and kept as uint8 HxWx3 (greyscale repeated over three channels), a quarter of the memory of
+float32: 900 ImageNet photos take ~0.5 GB. Nothing here is read at import time; the package never reads a data set
+unless a command is given its folder.
+"""
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from robust_api.errors import ConfigError, ImageError
+
+SPLITS = ("train", "heldout", "all")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+_WNID = re.compile(r"^n\d{8}_")
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class FolderPhoto:
+    """One decoded photo: file name, uint8 HxWx3 pixels, its index in the sorted folder, its true class if known."""
+
+    name: str
+    pixels: np.ndarray
+    index: int
+    true_class: int | None
+
+
+def is_heldout(index: int) -> bool:
+    """The fixed split: every tenth photo (index % 10 == 9) is held out for evaluation."""
+    return index % 10 == 9
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted by path; ConfigError when it is not a folder or has none."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"{folder}: not a directory")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"{folder}: no image files found")
+    return files
+
+
+def is_imagenet_samples(files: Sequence[Path]) -> bool:
+    """One photo per ImageNet class, named by WordNet id, so sorted position = class index."""
+    return len(files) == IMAGENET_CLASSES and all(_WNID.match(f.name) for f in files)
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from exc
+
+
+def load_folder(folder: str | Path, split: str = "all", *, limit: int | None = None, threads: int = 4) -> list[FolderPhoto]:
+    """The photos of `folder` in `split` (train | heldout | all), decoded once, in sorted order.
+
+    `limit` keeps the first `limit` photos of the split (for quick runs and tests). Raises ConfigError for an
+    unknown split or an empty folder, ImageError naming the file for an unreadable image.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    files = image_files(folder)
+    imagenet = is_imagenet_samples(files)
+    chosen = [(i, f) for i, f in enumerate(files) if split == "all" or is_heldout(i) == (split == "heldout")]
+    if limit is not None:
+        chosen = chosen[: max(0, limit)]
+    if not chosen:
+        raise ConfigError(f"{folder}: no photos in split {split!r}")
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # Pillow's JPEG decoder releases the GIL
+        pixels = list(pool.map(_decode, [f for _, f in chosen]))
+    return [FolderPhoto(f.name, px, i, i if imagenet else None) for (i, f), px in zip(chosen, pixels)]
+
+
+def describe(folder: str | Path, split: str, photos: Sequence[FolderPhoto]) -> str:
+    """What a recipe records about its data: folder name (not the machine's absolute path), split, count, rule."""
+    rule = "" if split == "all" else " (index % 10 == 9 held out)"
+    return f"{Path(folder).name} split={split}{rule}: {len(photos)} photos"
+
+
+def center_crop(pixels: np.ndarray, size: int = 224) -> np.ndarray:
+    """The centred square of the photo's full short side, resized to size x size (float32 in [0,1])."""
+    from robust_api.denoisers.photos import resize
+
+    h, w = pixels.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    square = pixels[y0:y0 + side, x0:x0 + side]
+    return resize(square.astype(np.float32) / 255.0, size, size)
