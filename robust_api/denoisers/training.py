@@ -3,7 +3,8 @@
 MSE:  || D(x + delta) - x ||^2.   Stab: sum over surrogates f of CE(f(D(x + delta)), argmax f(x)).
 With `mse_weight` > 0 the Stab objectives add mse_weight * MSE, which keeps a fine-tuned denoiser's output close to
 the clean image when the training photos are few (pure Stab then drifts towards whatever the surrogate likes).
-Noisy inputs are clipped to [0,1], as the serving path clips them. Batches are random patches of the given
+Noisy inputs are clipped to [0,1], as the serving path clips them. An FFDNet `--init` with a larger width than
+asked for is pruned to that width (largest-norm filters) before training. Batches are random patches of the given
 photos with random flips and 90-degree rotations; Adam with a cosine learning-rate decay (a function of the step,
 so resuming reproduces the schedule). Checkpoints are written every `checkpoint_every` steps and at the end.
 """
@@ -46,6 +47,7 @@ class TrainConfig:
     min_confidence: float = 0.0
     mse_weight: float = 0.0  # Stab objectives: + mse_weight * MSE (0 = the paper's objective)
     freeze_bn: bool = False  # BatchNorm uses (and keeps) its running statistics, as at inference: for fine-tuning
+    precision: str = "auto"  # forward passes under bfloat16 autocast: "bfloat16", "float32", or "auto" (native only)
     init: str | None = None
     surrogates: list[str] = field(default_factory=list)
     data: str = ""
@@ -60,6 +62,8 @@ class TrainConfig:
             raise ConfigError("steps and batch must be >= 1 and patch >= 8")
         if self.mse_weight < 0:
             raise ConfigError(f"mse_weight must be >= 0, got {self.mse_weight}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
         if self.objective == "stab+mse" and not self.init:
             raise ConfigError("stab+mse fine-tunes an MSE-trained denoiser: pass its checkpoint with --init")
 
@@ -153,6 +157,22 @@ def stab_loss(
     return total
 
 
+def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for training: bfloat16 when asked, or for "auto" on a CPU with native bf16 (AMX /
+    AVX512-BF16) or a CUDA device that supports it; None (plain float32) otherwise. Weights, the optimizer and the
+    loss stay float32 either way. On a CPU without native bf16, bf16 convs are emulated and ~10-20x slower.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    from robust_api.denoisers.speed import native_bfloat16_cpu
+
+    return torch.bfloat16 if native_bfloat16_cpu() else None
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Cosine decay from lr to lr * lr_final_fraction over config.steps."""
     final = config.lr * config.lr_final_fraction
@@ -171,6 +191,16 @@ def _initial_module(config: TrainConfig, device: torch.device) -> tuple[nn.Modul
         from robust_api.denoisers.registry import file_sha256
 
         module, cfg = loaded.module, dict(loaded.config)
+        width = config.arch_overrides.get("n_channels")
+        if config.arch == "ffdnet" and width and width != cfg.get("n_channels"):
+            # a narrower FFDNet than --init: start from its largest-norm filters (structured pruning)
+            from robust_api.denoisers.ffdnet import prune_width
+
+            try:
+                module = prune_width(module, int(width))
+            except ValueError as exc:
+                raise ConfigError(f"--init {config.init}: {exc}") from exc
+            cfg["n_channels"] = int(width)
         if hasattr(module, "noise_level"):  # FFDNet: its noise-level input is the sigma it is trained at
             module.noise_level = cfg["noise_level"] = float(config.sigma)
         return module.to(device), cfg, {"source": str(config.init), "sha256": file_sha256(path)}
@@ -249,6 +279,7 @@ def train_denoiser(
             "recipe": config.recipe,
             "train": asdict(config),
             "train_seconds": round(seconds, 1),
+            "train_precision": "bfloat16" if autocast_dtype is not None else "float32",
             "metrics": {"train_loss_last50": float(np.mean(window)) if window else None},
         }
         save_checkpoint(
@@ -259,6 +290,7 @@ def train_denoiser(
             ),
         )
 
+    autocast_dtype = training_dtype(config.precision, dev)
     module.train()
     if config.freeze_bn:
         for m in module.modules():
@@ -269,10 +301,12 @@ def train_denoiser(
             group["lr"] = learning_rate(config, step)
         clean = sampler.sample(config.batch).to(dev)
         noisy = add_noise(clean, config.sigma, generator)
-        if config.objective == "mse":
-            loss = mse_loss(module, clean, noisy)
-        else:
-            loss = stab_loss(module, clean, noisy, surrogates, config.min_confidence, config.mse_weight)
+        with torch.autocast(device_type=dev.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            if config.objective == "mse":
+                loss = mse_loss(module, clean, noisy)
+            else:
+                loss = stab_loss(module, clean, noisy, surrogates, config.min_confidence, config.mse_weight)
+        loss = loss.float()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -89,3 +89,40 @@ def test_cli_eval_runs_tiny_and_reports_every_method(tmp_path):
     payload = json.loads(out.read_text())
     assert [r["name"] for r in payload["results"]] == ["none", "tv(w=0.15)", f"{ckpt} [{served[1]}]"]
     assert payload["settings"]["n"] == 4
+
+
+def test_true_class_scores_use_the_same_counts():
+    """With true classes, a classifier that is always right about the clean image scores the same either way; one
+    that is wrong about it is certified 'correct' against its own clean label but not against the truth."""
+    images = smooth_images(3)
+    constant = lambda b: np.zeros(len(b), dtype=int)  # noqa: E731
+    right = [(name, img, 0) for name, img in images]
+    wrong = [(name, img, 5) for name, img in images]
+    kwargs = dict(n0=4, n=30, alpha=0.001)
+    r_right = ev.evaluate([ev.identity_method()], right, 0.25, constant, **kwargs)[0]
+    r_wrong = ev.evaluate([ev.identity_method()], wrong, 0.25, constant, **kwargs)[0]
+    assert r_right.certified == r_right.certified_true and r_right.true_accuracy == 1.0 and r_right.clean_accuracy == 1.0
+    assert r_wrong.certified == r_right.certified  # agreement with the clean label does not look at the truth
+    assert all(v == 0.0 for v in r_wrong.certified_true.values()) and r_wrong.true_accuracy == 0.0
+    assert "Against the true class" in ev.format_table([r_right])
+    plain = ev.evaluate([ev.identity_method()], images, 0.25, constant, **kwargs)[0]
+    assert plain.certified_true is None and "Against the true class" not in ev.format_table([plain])
+
+
+def test_cli_eval_on_a_photo_folder_reports_true_class_accuracy(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from PIL import Image
+    import skimage.data
+
+    folder = tmp_path / "imagenet-samples"
+    folder.mkdir()
+    photo = Image.fromarray(skimage.data.chelsea()).resize((48, 32))
+    for i in range(1000):  # one file per class, named by WordNet id: the file order is the class index
+        path = folder / f"n{i:08d}_c{i}.JPEG"
+        (photo.save(path) if i in (9, 19) else path.write_bytes(b""))
+    result = CliRunner().invoke(denoiser_app, [
+        "eval", "--photos", str(folder), "--split", "heldout", "--limit", "2", "--sigma", "0.25", "--size", "32",
+        "--n0", "2", "--n", "4", "--no-baselines", "--denoiser", "dncnn-s0.25", "--precision", "float32",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "Against the true class" in result.output and "2 images (imagenet-samples split=heldout" in result.output

@@ -183,3 +183,52 @@ def test_mse_weight_adds_the_mse_term_to_stab():
     assert torch.allclose(stab_loss(net, clean, noisy, [f], min_confidence=1.01, mse_weight=2.0), 2.0 * mse)
     with pytest.raises(ConfigError, match="mse_weight"):
         config(mse_weight=-1.0).validate()
+
+
+def test_training_precision_follows_the_hardware(monkeypatch):
+    from robust_api.denoisers import speed
+    from robust_api.denoisers.training import training_dtype
+
+    cpu = torch.device("cpu")
+    assert training_dtype("float32", cpu) is None and training_dtype("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: False)
+    assert training_dtype("auto", cpu) is None  # emulated bf16 is many times slower than float32
+    monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: True)
+    assert training_dtype("auto", cpu) is torch.bfloat16
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(sigma=0.25, precision="half").validate()
+
+
+def test_bfloat16_training_reduces_loss_and_records_its_precision(tmp_path):
+    config = TrainConfig(sigma=0.2, arch="dncnn", arch_overrides=TINY, steps=30, batch=8, patch=16, lr=3e-3,
+                         precision="bfloat16")
+    result = train_denoiser(config, smooth_images(), tmp_path / "bf16.pt")
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    assert read_checkpoint_dict(tmp_path / "bf16.pt")["meta"]["train_precision"] == "bfloat16"
+
+
+def test_ffdnet_fine_tune_sets_its_noise_level_and_can_prune_its_width(tmp_path):
+    from robust_api.denoisers.architectures import build_denoiser
+    from robust_api.denoisers.checkpoints import checkpoint_dict, save_checkpoint
+
+    wide = tmp_path / "wide.pt"
+    save_checkpoint(wide, checkpoint_dict(build_denoiser("ffdnet", depth=3, n_channels=16), "ffdnet",
+                                          {"depth": 3, "n_channels": 16, "noise_level": 0.25}))
+    config = TrainConfig(sigma=0.12, arch="ffdnet", arch_overrides={"n_channels": 8}, init=str(wide), steps=3,
+                         batch=2, patch=16, lr=1e-4)
+    train_denoiser(config, smooth_images(), tmp_path / "narrow.pt")
+    loaded = load_checkpoint(tmp_path / "narrow.pt")
+    assert loaded.config["n_channels"] == 8 and loaded.config["noise_level"] == 0.12
+    assert loaded.module.noise_level == 0.12
+    with pytest.raises(ConfigError, match="prune"):
+        bad = TrainConfig(sigma=0.12, arch="ffdnet", arch_overrides={"n_channels": 32}, init=str(wide), steps=1,
+                          batch=2, patch=16)
+        train_denoiser(bad, smooth_images(), tmp_path / "bad.pt")
+
+
+def test_uint8_photos_give_the_same_patches_as_float_ones():
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    a = PatchSampler([photo], 16, torch.Generator().manual_seed(1)).sample(4)
+    b = PatchSampler([photo.astype(np.float32) / 255.0], 16, torch.Generator().manual_seed(1)).sample(4)
+    assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-7)
