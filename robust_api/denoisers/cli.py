@@ -68,8 +68,8 @@ def train_cmd(
     sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (periodically and at the end)."),
     arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom"),
-    depth: Optional[int] = typer.Option(None, "--depth", help="DnCNN depth (arch dncnn)."),
-    width: Optional[int] = typer.Option(None, "--width", help="DnCNN channels (arch dncnn)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Network depth (dncnn, ffdnet)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Network width (dncnn, ffdnet; an ffdnet --init wider than this is pruned to it)."),
     objective: str = typer.Option("mse", "--objective", help="mse | stab | stab+mse"),
     surrogate: List[str] = typer.Option([], "--surrogate", help="Frozen classifier for stab (repeatable): efficientnet-lite0, torchvision:NAME."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this checkpoint / shipped name (required for stab+mse)."),
@@ -82,6 +82,7 @@ def train_cmd(
     min_confidence: float = typer.Option(0.0, "--min-confidence", help="Stab: skip samples whose clean top-1 probability is lower."),
     mse_weight: float = typer.Option(0.0, "--mse-weight", help="Stab objectives: add this times the MSE loss (0: the paper's)."),
     freeze_bn: bool = typer.Option(False, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed (fine-tuning)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bfloat16 autocast where the CPU/GPU has native bf16), float32, bfloat16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --out if it exists."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
@@ -103,7 +104,7 @@ def train_cmd(
         config = TrainConfig(
             sigma=sigma, arch=arch, arch_overrides=overrides, objective=objective, steps=steps, batch=batch,
             patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence,
-            mse_weight=mse_weight, freeze_bn=freeze_bn,
+            mse_weight=mse_weight, freeze_bn=freeze_bn, precision=precision,
             surrogates=surrogate_names if objective_needs else [], data=description,
             recipe=_recipe("train"),
         )
@@ -160,7 +161,10 @@ def eval_cmd(
     denoiser: List[str] = typer.Option([], "--denoiser", help="Shipped name or checkpoint path (repeatable; default: the shipped ones at --sigma)."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Include no denoiser and TV."),
     tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (default 0.6 * sigma)."),
-    crops: int = typer.Option(4, "--crops", help="224x224 crops per held-out photo (1..12)."),
+    photos_dir: Optional[Path] = typer.Option(None, "--photos", help="Folder of evaluation photos (e.g. imagenet-samples): one centred crop each, true ImageNet class from the file order when the folder has one photo per class."),
+    split: str = typer.Option("heldout", "--split", help="With --photos: train | heldout | all (index % 10 == 9 is held out)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --photos: only the first N photos of the split."),
+    crops: int = typer.Option(4, "--crops", help="Without --photos: 224x224 crops per built-in held-out photo (1..12)."),
     n0: int = typer.Option(32, "--n0", help="Selection samples per image."),
     n: int = typer.Option(200, "--n", help="Estimation samples per image."),
     alpha: float = typer.Option(0.001, "--alpha"),
@@ -172,7 +176,8 @@ def eval_cmd(
     threads: Optional[int] = typer.Option(None, "--threads"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write results (with per-image rows) here."),
 ) -> None:
-    """PSNR, agreement with the clean label, and certified accuracy of EfficientNet-Lite0 on held-out photos."""
+    """PSNR, agreement with the clean label, and certified accuracy of EfficientNet-Lite0 on held-out photos
+    (and accuracy against the true class when --photos is a folder with one photo per ImageNet class)."""
     import json
 
     import torch
@@ -190,14 +195,22 @@ def eval_cmd(
         names = list(denoiser) or [w.name for w in list_denoisers() if abs(float(w.meta.get("sigma", -1)) - sigma) < 1e-9]
         methods = [ev.identity_method(), ev.tv_method(sigma, tv_weight)] if baselines else []
         for name in names:
-            module = load_denoiser(name)
+            module = load_denoiser(name, sigma=sigma)
             if optimize:
                 module = optimize_for_inference(module, precision=precision)
                 name = f"{name} [{module.denoiser_precision}]"
             methods.append(ev.module_method(name, module))
         if not methods:
             raise ConfigError("nothing to evaluate: no baselines and no denoiser")
-        images = eval_images(crops, size)
+        if photos_dir is not None:
+            from robust_api.denoisers import datasets
+
+            found = datasets.load_folder(photos_dir, split, limit=limit)
+            images = [(p.name, datasets.center_crop(p.pixels, size), p.true_class) for p in found]
+            where = f"{datasets.describe(photos_dir, split, found)}, one centred crop each"
+        else:
+            images = eval_images(crops, size)
+            where = f"crops of {', '.join(sorted({i.split('#')[0] for i, _ in images}))}"
         classify = ev.Classifier(load_surrogate("efficientnet-lite0"), batch_size=batch)
         with Progress(TextColumn("[bold]eval[/] sigma=" + f"{sigma:g}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
             task = bar.add_task("", total=len(images) * (n0 + n))
@@ -209,14 +222,15 @@ def eval_cmd(
         _fail(exc)
     typer.echo(ev.format_table(results))
     typer.echo(
-        f"\n{len(images)} held-out images (crops of {', '.join(sorted({i.split('#')[0] for i, _ in images}))}), "
+        f"\n{len(images)} images ({where}), "
         f"n0={n0}, n={n}, alpha={alpha}, seed={seed}; classifier efficientnet-lite0; "
         f"seconds per method: " + ", ".join(f"{r.name} {r.seconds:.0f}" for r in results)
     )
     if json_out:
         payload = {
             "command": _recipe("eval"),
-            "settings": {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "crops": crops, "size": size},
+            "settings": {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "size": size,
+                         "photos": where, "crops": None if photos_dir is not None else crops},
             "results": [r.__dict__ for r in results],
         }
         json_out.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
