@@ -130,10 +130,23 @@ def load_denoiser(
     `sigma` is the noise level being certified: a denoiser with a noise-level input whose file does not fix it
     (`ffdnet-color`) is told this sigma, and the name it is logged under says so (`ffdnet-color@sigma=0.25`), so
     cached samples are only reused at the same setting. Trained checkpoints keep the level they were trained at.
+    Classical denoisers are names too: `tv` (scikit-image TV, weight 0.6 * sigma; ConfigError without a sigma) and
+    `tv:W` (weight W), see `classical`; they have no file, and `optimize` leaves them float32.
     Raises CheckpointError for unknown names, tampered shipped files and non-checkpoint files.
     """
     from robust_api.denoisers.pretrained import PRETRAINED
 
+    if isinstance(name_or_path, str):
+        from robust_api.denoisers.classical import parse_classical
+
+        classical = parse_classical(name_or_path, sigma)
+        if classical is not None:
+            classical = classical.to(device if device is not None else "cpu").eval()
+            if optimize:
+                from robust_api.denoisers.speed import optimize_for_inference
+
+                return optimize_for_inference(classical)
+            return classical
     path = resolve_path(name_or_path)
     loaded = load_checkpoint(path, device=device, trusted=trusted)
     module = loaded.module
@@ -154,13 +167,22 @@ def load_denoiser(
     return module
 
 
-def denoiser_identity(module_or_name: nn.Module | str | Path | None) -> dict[str, str] | None:
-    """{"name", "sha256"} of a denoiser (module from load_denoiser, shipped name, or path); None for no denoiser.
+def denoiser_identity(
+    module_or_name: nn.Module | str | Path | None, *, sigma: float | None = None
+) -> dict[str, str] | None:
+    """{"name", "sha256"} of a denoiser (module from load_denoiser, shipped name, `tv`/`tv:W`, or path); None for
+    no denoiser. `sigma` is the certification noise level, needed by `tv` (ConfigError without it).
 
     A module not loaded through load_denoiser is identified by the sha256 of its state_dict tensors.
     """
     if module_or_name is None:
         return None
+    if isinstance(module_or_name, str):
+        from robust_api.denoisers.classical import parse_classical
+
+        classical = parse_classical(module_or_name, sigma)
+        if classical is not None:
+            return denoiser_identity(classical)
     if isinstance(module_or_name, nn.Module):
         name = getattr(module_or_name, "denoiser_name", None)
         sha = getattr(module_or_name, "denoiser_sha256", None)

@@ -113,13 +113,22 @@ def keeps_psnr(reference: nn.Module, candidate: nn.Module, sigma: float, device:
     return abs(out_db - ref_db) < PSNR_TOLERANCE_DB
 
 
+def has_float_tensors(module: nn.Module) -> bool:
+    """Whether `module` holds any floating-point parameter or buffer (a classical denoiser such as
+    classical.TVDenoiser holds none: it computes in numpy, so autocast, BN folding and channels_last do nothing)."""
+    return any(t.is_floating_point() for t in (*module.parameters(), *module.buffers()))
+
+
 def choose_precision(module: nn.Module, precision: str = "auto", sigma: float | None = None) -> str:
     """The precision to serve `module` in: float32, or bfloat16 on CPUs with native bf16 / float16 on CUDA when
-    that keeps PSNR (checked once on a fixed image). An explicit precision is returned as given.
+    that keeps PSNR (checked once on a fixed image). An explicit precision is returned as given, except that a
+    module without floating-point tensors (has_float_tensors) is always float32: it has nothing to reduce.
     Raises ConfigError for names not in PRECISIONS.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not has_float_tensors(module):
+        return "float32"
     if precision != "auto":
         return precision
     device = next(module.parameters(), torch.empty(0)).device
@@ -144,14 +153,15 @@ def optimize_for_inference(
     choose_precision (float32: same outputs within 1e-4; bfloat16/float16 only where PSNR moves < 0.05 dB).
 
     Identity attributes set by load_denoiser (denoiser_name, denoiser_sha256, denoiser_meta) are carried over; the
-    precision used is in `.denoiser_precision`.
+    precision used is in `.denoiser_precision`. A module without floating-point tensors (a classical denoiser)
+    comes back as an eval-mode copy in float32, with no channels_last wrapper.
     """
     fast = copy.deepcopy(module).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
     if fold_bn:
         fold_batchnorm(fast)
-    out: nn.Module = ChannelsLast(fast) if channels_last else fast
+    out: nn.Module = ChannelsLast(fast) if channels_last and has_float_tensors(fast) else fast
     sigma = (getattr(module, "denoiser_meta", None) or {}).get("sigma")
     chosen = choose_precision(out, precision, float(sigma) if sigma else None)
     if chosen != "float32":
