@@ -128,7 +128,7 @@ def real(photos: int, crops: int, denoiser: str | None) -> None:
     if denoiser is not None:
         from robust_api.denoisers.registry import denoiser_identity, load_denoiser
 
-        den = load_denoiser(denoiser)
+        den = load_denoiser(denoiser, sigma=SIGMA)
         den_id = denoiser_identity(den)
     provider = LocalProvider()
 

@@ -66,7 +66,7 @@ def run_certification(
 
     rule = rule_from_spec(config.decision)
     loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
-    denoiser, denoiser_id = _denoiser(config.denoiser)
+    denoiser, denoiser_id = _denoiser(config.denoiser, config.params.sigma)
     with contextlib.ExitStack() as stack:
         emulator = None
         if config.emulator and config.api != "local":
@@ -144,12 +144,14 @@ def _with_next_step(exc: ProviderError, config: RunConfig, stats: RunStats) -> P
                      status=exc.status, retry_after_s=exc.retry_after_s)
 
 
-def _denoiser(spec: str | None):
+def _denoiser(spec: str | None, sigma: float):
+    """The denoiser module (optimised, on the best device) and its log identity for `spec` at certification
+    noise level `sigma` (`tv` takes its weight from it, `ffdnet-color` its noise-level input); (None, None) for none."""
     if spec is None or spec in ("", "none"):
         return None, None
     from robust_api.denoisers.registry import denoiser_identity, load_denoiser
     from robust_api.denoisers.speed import best_device
 
     # Folded BatchNorm + channels_last: same outputs within 1e-4, ~1.9x faster on CPU (benchmarks/denoiser.py).
-    module = load_denoiser(spec, device=best_device(), optimize=True)
+    module = load_denoiser(spec, device=best_device(), optimize=True, sigma=sigma)
     return module, denoiser_identity(module)
