@@ -234,3 +234,36 @@ def eval_cmd(
             "results": [r.__dict__ for r in results],
         }
         json_out.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+
+
+@denoiser_app.command("show")
+def show_cmd(
+    images: List[str] = typer.Argument(..., metavar="IMAGE", help="Image files (PNG, JPEG, ...): one row each."),
+    sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
+    denoiser: List[str] = typer.Option([], "--denoiser", help="Shipped name, checkpoint path, ffdnet-color, tv or tv:W (repeatable; default: the shipped ones at --sigma)."),
+    classifier: str = typer.Option("efficientnet-lite0", "--classifier", help="ImageNet classifier: efficientnet-lite0/1/2 or torchvision:NAME."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed (row i draws its noise from numpy default_rng with seed (SEED, i))."),
+    size: int = typer.Option(224, "--size", help="Panel side: centre crop of each image resized to this (the classifier's input is 224)."),
+    out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
+) -> None:
+    """A PNG grid, one row per image: clean | noisy | each denoiser's output, with the classifier's top-1
+    ImageNet class and probability under each panel and PSNR vs clean under the noisy and denoised ones."""
+    from robust_api.denoisers.registry import list_denoisers
+    from robust_api.denoisers.show import denoiser_grid
+    from robust_api.denoisers.surrogates import load_surrogate
+    from robust_api.images import load_image
+    from robust_api.providers.emulator.labeller import imagenet_names
+
+    try:
+        loaded = [load_image(path) for path in images]
+        specs = list(denoiser) or [w.name for w in list_denoisers() if abs(w.sigma - sigma) < 1e-9]
+        if not specs:
+            raise ConfigError(f"no shipped denoiser at sigma={sigma:g}; pass --denoiser (e.g. ffdnet-color or tv)")
+        grid = denoiser_grid(
+            [(img.name, img.array) for img in loaded], sigma, specs, load_surrogate(classifier), imagenet_names(),
+            seed=seed, size=size, classifier_name=classifier,
+        )
+        written = grid.save(out)
+    except RobustAPIError as exc:
+        _fail(exc)
+    typer.echo(str(written))
