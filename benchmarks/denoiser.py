@@ -3,7 +3,10 @@
 The last columns add reduced precision (bfloat16 on CPU, float16 on CUDA) to the float32 optimisations, with the
 PSNR each precision gets on held-out photos at the denoiser's sigma when the offline photos are installed.
 
-    python benchmarks/denoiser.py [--denoiser dncnn-s0.25] [--arch cifar_dncnn] [--threads 2] [--seconds 3]
+    python benchmarks/denoiser.py [--denoiser NAME ...] [--arch dncnn ...] [--threads 2] [--seconds 3]
+
+Default: the shipped ffdnet64-s0.25 beside KAIR's 12x96 ffdnet-color (when the ffdnet extra is installed) and the
+previous shipped layout (DnCNN 10x32, random weights: speed does not depend on the weights' values).
 
 Each cell runs batches for about --seconds after one warm-up batch, under torch.inference_mode, on CUDA when present.
 """
@@ -35,7 +38,7 @@ def images_per_second(module: torch.nn.Module, size: int, batch: int, seconds: f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--denoiser", default="dncnn-s0.25", help="shipped name or checkpoint path")
+    parser.add_argument("--denoiser", action="append", default=[], help="shipped name or checkpoint path (repeatable)")
     parser.add_argument("--arch", action="append", default=[], help="also time a random-weight architecture (repeatable)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -43,7 +46,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = best_device()
-    models = [(args.denoiser, load_denoiser(args.denoiser))] + [(a, build_denoiser(a).eval()) for a in args.arch]
+    names = args.denoiser or ["ffdnet64-s0.25", "ffdnet-color"]
+    archs = args.arch or ([] if args.denoiser else ["dncnn"])
+    models = []
+    for name in names:
+        try:
+            models.append((name, load_denoiser(name, sigma=0.25)))
+        except Exception as exc:  # noqa: BLE001 - e.g. ffdnet-color without the ffdnet extra
+            print(f"(skipping {name}: {exc})")
+    models += [(f"{a} (random weights)", build_denoiser(a).eval()) for a in archs]
     print(f"device {device}, torch threads {torch.get_num_threads()}")
     lowp = "float16" if device.type == "cuda" else "bfloat16"
     print(f"auto precision here: {optimize_for_inference(models[0][1].to(device)).denoiser_precision}")

@@ -1,8 +1,12 @@
-"""Export trained runs into the package: `python -m robust_api.denoisers.export RUNDIR [--seed 0]`.
+"""Export trained runs into the package:
+`python -m robust_api.denoisers.export RUNDIR --photos ../shared/data/imagenet-samples [--eval EVAL.json ...]`.
 
 For each shipped name it reads RUNDIR/<name>.pt, drops training state (optimizer, loss history, RNG), measures the
-held-out PSNR (noisy vs denoised, one seeded noise draw per held-out evaluation crop), writes weights/<name>.pt and
-regenerates shipped.py with each file's sha256 and metadata. Maintainer tool; prints, as scripts do.
+held-out PSNR (noisy vs denoised, one seeded noise draw per held-out photo: the centred 224 crop of each photo of
+`--photos`'s held-out split, or the built-in held-out crops without it), attaches the certified accuracies that
+`denoiser eval --json` files report for it, writes weights/<name>.pt and regenerates shipped.py with each file's
+sha256 and metadata. Names no longer in SHIPPED_NAMES are dropped from shipped.py. Maintainer tool; prints, as
+scripts do; the data folder is read only here, never by the package at run time.
 """
 from __future__ import annotations
 
@@ -21,13 +25,27 @@ from robust_api.denoisers.photos import PHOTOS, eval_images
 from robust_api.denoisers.registry import WEIGHTS_DIR, file_sha256, get_weights
 from robust_api.denoisers.speed import denoise_numpy
 
-SHIPPED_NAMES = ("dncnn-s0.12", "dncnn-s0.25", "dncnn-s0.50", "dncnn-s0.25-stab")
+# FFDNet 12x64 (pruned from KAIR's 12x96 colour FFDNet, fine-tuned on the 900 training photos): the fast defaults
+SHIPPED_NAMES = ("ffdnet64-s0.12", "ffdnet64-s0.25", "ffdnet64-s0.50", "ffdnet64-s0.25-stab")
 _SHIPPED_PY = Path(__file__).resolve().parent / "shipped.py"
 
 
-def heldout_psnr(module: torch.nn.Module, sigma: float, seed: int = 0, crops: int = 6) -> tuple[float, float]:
-    """(noisy PSNR, denoised PSNR) in dB, averaged over held-out crops with one seeded noise draw each."""
-    images = np.stack([img for _, img in eval_images(crops)])
+def heldout_images(photos: Path | None = None, crops: int = 6) -> tuple[np.ndarray, str]:
+    """The held-out images PSNR is measured on (NHWC float32) and how to name them in the metadata."""
+    if photos is None:
+        return np.stack([img for _, img in eval_images(crops)]), ", ".join(p.name for p in PHOTOS if p.heldout)
+    from robust_api.denoisers import datasets
+
+    found = datasets.load_folder(photos, "heldout")
+    return np.stack([datasets.center_crop(p.pixels) for p in found]), datasets.describe(photos, "heldout", found) + \
+        ", centred 224x224 crop each"
+
+
+def heldout_psnr(
+    module: torch.nn.Module, sigma: float, seed: int = 0, crops: int = 6, images: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(noisy PSNR, denoised PSNR) in dB, averaged over held-out images with one seeded noise draw each."""
+    images = np.stack([img for _, img in eval_images(crops)]) if images is None else images
     rng = np.random.default_rng(seed)
     noisy = np.clip(images + sigma * rng.standard_normal(images.shape, dtype=np.float32), 0, 1)
     denoised = denoise_numpy(module, noisy, batch_size=8)
@@ -58,10 +76,34 @@ def _portable(recipe: str, name: str | None = None) -> str:
     return recipe if name is None else re.sub(r"--out \S+", f"--out runs/{name}.pt", recipe)
 
 
-def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
+def eval_metrics(eval_files: list[Path]) -> dict[str, dict[str, Any]]:
+    """{run or shipped name: {sigma, n0, n, alpha, photos, certified..., psnr}} from `denoiser eval --json` files.
+
+    A method is matched to a name by its file stem (`runs/ffdnet64-s0.25.pt [float32]` -> `ffdnet64-s0.25`).
+    """
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for path in eval_files:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        settings = payload.get("settings", {})
+        for r in payload.get("results", []):
+            key = Path(str(r["name"]).split(" [")[0]).stem
+            out[key] = {
+                "sigma": settings.get("sigma"), "n0": settings.get("n0"), "n": settings.get("n"),
+                "alpha": settings.get("alpha"), "photos": settings.get("photos"),
+                "psnr_db": round(float(r["psnr_db"]), 2), "agreement": round(float(r["agreement"]), 3),
+                "certified": {str(k): round(float(v), 3) for k, v in (r.get("certified") or {}).items()},
+                "certified_true": {str(k): round(float(v), 3) for k, v in (r.get("certified_true") or {}).items()},
+            }
+    return out
+
+
+def export(rundir: Path, seed: int = 0, photos: Path | None = None, eval_files: list[Path] | None = None) -> list[dict[str, Any]]:
     WEIGHTS_DIR.mkdir(exist_ok=True)
     entries = []
-    heldout = [p.name for p in PHOTOS if p.heldout]
+    images, heldout = heldout_images(photos)
+    measured = eval_metrics(list(eval_files or []))
     for name in SHIPPED_NAMES:
         src = rundir / f"{name}.pt"
         if not src.exists():
@@ -74,7 +116,7 @@ def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
         loaded = load_checkpoint(src)
         m = loaded.meta
         sigma = float(m["sigma"])
-        noisy_db, denoised_db = heldout_psnr(loaded.module, sigma, seed)
+        noisy_db, denoised_db = heldout_psnr(loaded.module, sigma, seed, images=images)
         chain = _recipe_chain(raw)
         meta = {
             "name": name,
@@ -83,9 +125,13 @@ def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
             "sigma": sigma,
             "objective": m.get("objective"),
             "surrogates": m.get("surrogates", []),
+            # Stab through the classifier that backs the emulators / local provider is the paper's full access
+            "access": None if not m.get("surrogates") else
+            ("full" if "efficientnet-lite0" in m.get("surrogates", []) else "query"),
             "training_data": m.get("data"),
             "steps": m.get("steps"),
             "train_seconds_cpu": m.get("train_seconds"),
+            "train_precision": m.get("train_precision", "float32"),
             "recipe": [_portable(r) for r in chain[:-1]] + [_portable(chain[-1], name)] if chain else [],
             "heldout_photos": heldout,
             "heldout_psnr_noisy_db": round(noisy_db, 2),
@@ -93,6 +139,8 @@ def export(rundir: Path, seed: int = 0) -> list[dict[str, Any]]:
             "heldout_psnr_gain_db": round(denoised_db - noisy_db, 2),
             "parameters": sum(p.numel() for p in loaded.module.parameters()),
         }
+        if name in measured:
+            meta["heldout_eval"] = measured[name]
         ckpt = checkpoint_dict(loaded.module, loaded.arch, loaded.config, meta=meta, epoch=int(m.get("steps") or 0))
         dst = WEIGHTS_DIR / f"{name}.pt"
         save_checkpoint(dst, ckpt)
@@ -129,8 +177,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("rundir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos", type=Path, default=None, help="photo folder whose held-out split PSNR is measured on")
+    parser.add_argument("--eval", type=Path, action="append", default=[], help="denoiser eval --json file (repeatable)")
     args = parser.parse_args()
-    export(args.rundir, args.seed)
+    export(args.rundir, args.seed, args.photos, args.eval)
 
 
 if __name__ == "__main__":

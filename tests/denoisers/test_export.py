@@ -25,3 +25,41 @@ def test_recipe_chain_follows_init_through_a_shipped_name_and_a_file(tmp_path):
     second = checkpoint_dict(net, "dncnn", {}, meta={"recipe": "train B", "init": {"source": str(first)}})
     chain = _recipe_chain(second)
     assert chain == list(get_weights("dncnn-s0.25").meta["recipe"]) + ["train A", "train B"]
+
+
+def test_eval_metrics_are_matched_to_runs_by_file_stem(tmp_path):
+    import json
+
+    from robust_api.denoisers.export import eval_metrics
+
+    payload = {
+        "settings": {"sigma": 0.25, "n0": 20, "n": 100, "alpha": 0.001, "photos": "imagenet-samples split=heldout"},
+        "results": [
+            {"name": "none", "psnr_db": 13.2, "agreement": 0.3, "certified": {"0.25": 0.05}, "certified_true": None},
+            {"name": "runs/ffdnet64-s0.25-stab.pt [float32]", "psnr_db": 24.123, "agreement": 0.61,
+             "certified": {"0.0": 0.5, "0.25": 0.3}, "certified_true": {"0.25": 0.2}},
+        ],
+    }
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(payload))
+    got = eval_metrics([path])
+    assert set(got) == {"none", "ffdnet64-s0.25-stab"}
+    stab = got["ffdnet64-s0.25-stab"]
+    assert stab["certified"] == {"0.0": 0.5, "0.25": 0.3} and stab["certified_true"] == {"0.25": 0.2}
+    assert stab["n"] == 100 and stab["psnr_db"] == 24.12 and got["none"]["certified_true"] == {}
+
+
+def test_heldout_images_of_a_folder_are_its_heldout_split(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from robust_api.denoisers.export import heldout_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((30, 40, 3), i * 10, dtype=np.uint8)).save(folder / f"p{i:02d}.png")
+    images, description = heldout_images(folder)
+    assert images.shape == (2, 224, 224, 3)
+    assert abs(float(images[0].mean()) - 90 / 255) < 0.01 and abs(float(images[1].mean()) - 190 / 255) < 0.01
+    assert "split=heldout" in description and "2 photos" in description
