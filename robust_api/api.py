@@ -1,6 +1,6 @@
 """`RobustAPI`: the public facade, with the reference implementation's signatures (sync wrappers over the engine).
 
-    api = RobustAPI("aws", denoiser="dncnn-s0.25", online=True)
+    api = RobustAPI("aws", denoiser="ffdnet64-s0.25", online=True)
     label, radius, logs = api.certify(img, noise_sd=0.25, N0=20, N=100, alpha=0.001)
 
 Online calls run on a private event loop in a background thread, so they work the same in scripts and in

@@ -5,101 +5,145 @@ from robust_api.denoisers.registry import DenoiserWeights
 
 SHIPPED: tuple[DenoiserWeights, ...] = (
     DenoiserWeights(
-        name='dncnn-s0.12',
-        filename='dncnn-s0.12.pt',
-        sha256='7e3dd4e7843491845caaad937517b96325c6158ccb4eb7e95aa9158f98639e30',
-        meta={'name': 'dncnn-s0.12',
-              'arch': 'dncnn',
-              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+        name='ffdnet64-s0.12',
+        filename='ffdnet64-s0.12.pt',
+        sha256='7890f41974e0f8b75d6989fa69008271d5f5dac12012d9a822e3a6ab59b351df',
+        meta={'name': 'ffdnet64-s0.12',
+              'arch': 'ffdnet',
+              'arch_config': {'depth': 12, 'n_channels': 64, 'image_channels': 3, 'noise_level': 0.12, 'kernel_size': 3},
               'sigma': 0.12,
               'objective': 'mse',
               'surrogates': [],
-              'training_data': 'builtin:astronaut,rocket,hubble_deep_field,immunohistochemistry,retina,china,camera,moon,brick,grass,gravel,coins,clock,cell,page',
-              'steps': 500,
-              'train_seconds_cpu': 564.8,
-              'recipe': ['robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 1 '
-                         '--checkpoint-every 100 --resume --sigma 0.25 --objective mse --steps 1200 --batch 16 --patch 40 '
-                         '--lr 1e-3 --out runs/dncnn-s0.25.pt',
-                         'robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 1 '
-                         '--checkpoint-every 100 --resume --sigma 0.12 --objective mse --init runs/dncnn-s0.25.pt --steps '
-                         '500 --batch 16 --patch 40 --lr 5e-4 --out runs/dncnn-s0.12.pt'],
-              'heldout_photos': ['chelsea', 'coffee', 'flower', 'grace_hopper'],
-              'heldout_psnr_noisy_db': 19.17,
-              'heldout_psnr_db': 27.74,
-              'heldout_psnr_gain_db': 8.57,
-              'parameters': 76000},
+              'access': None,
+              'training_data': 'imagenet-samples split=train (index % 10 == 9 held out): 900 photos',
+              'steps': 300,
+              'train_seconds_cpu': 294.8,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--init ffdnet-color --sigma 0.25 --objective mse --steps 400 --batch 16 --patch 96 --lr 1e-4 '
+                         '--threads 2 --checkpoint-every 50 --resume --out runs/ffdnet-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--width 64 --init runs/ffdnet-s0.25.pt --sigma 0.25 --objective mse --steps 900 --batch 16 '
+                         '--patch 96 --lr 1e-3 --threads 2 --checkpoint-every 100 --resume --out runs/ffdnet64-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --threads 2 '
+                         '--resume --arch ffdnet --init runs/ffdnet64-s0.25.pt --sigma 0.12 --objective mse --steps 300 '
+                         '--batch 16 --patch 96 --lr 3e-4 --checkpoint-every 100 --out runs/ffdnet64-s0.12.pt'],
+              'heldout_photos': 'imagenet-samples split=heldout (index % 10 == 9 held out): 100 photos, centred 224x224 '
+                                'crop each',
+              'heldout_psnr_noisy_db': 19.05,
+              'heldout_psnr_db': 26.51,
+              'heldout_psnr_gain_db': 7.46,
+              'parameters': 383756},
     ),
     DenoiserWeights(
-        name='dncnn-s0.25',
-        filename='dncnn-s0.25.pt',
-        sha256='f41b5fcdb99799408a7061965adfc4a124329b3ffcd11324cb8655766e67b07e',
-        meta={'name': 'dncnn-s0.25',
-              'arch': 'dncnn',
-              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+        name='ffdnet64-s0.25',
+        filename='ffdnet64-s0.25.pt',
+        sha256='76b799289edd9988756c706b11a6d240d5d63688c3359a423bae7f0e79b5ee80',
+        meta={'name': 'ffdnet64-s0.25',
+              'arch': 'ffdnet',
+              'arch_config': {'depth': 12, 'n_channels': 64, 'image_channels': 3, 'noise_level': 0.25, 'kernel_size': 3},
               'sigma': 0.25,
               'objective': 'mse',
               'surrogates': [],
-              'training_data': 'builtin:astronaut,rocket,hubble_deep_field,immunohistochemistry,retina,china,camera,moon,brick,grass,gravel,coins,clock,cell,page',
-              'steps': 1200,
-              'train_seconds_cpu': 606.7,
-              'recipe': ['robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 1 '
-                         '--checkpoint-every 100 --resume --sigma 0.25 --objective mse --steps 1200 --batch 16 --patch 40 '
-                         '--lr 1e-3 --out runs/dncnn-s0.25.pt'],
-              'heldout_photos': ['chelsea', 'coffee', 'flower', 'grace_hopper'],
-              'heldout_psnr_noisy_db': 13.5,
-              'heldout_psnr_db': 23.88,
-              'heldout_psnr_gain_db': 10.39,
-              'parameters': 76000},
+              'access': None,
+              'training_data': 'imagenet-samples split=train (index % 10 == 9 held out): 900 photos',
+              'steps': 900,
+              'train_seconds_cpu': 583.7,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--init ffdnet-color --sigma 0.25 --objective mse --steps 400 --batch 16 --patch 96 --lr 1e-4 '
+                         '--threads 2 --checkpoint-every 50 --resume --out runs/ffdnet-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--width 64 --init runs/ffdnet-s0.25.pt --sigma 0.25 --objective mse --steps 900 --batch 16 '
+                         '--patch 96 --lr 1e-3 --threads 2 --checkpoint-every 100 --resume --out runs/ffdnet64-s0.25.pt'],
+              'heldout_photos': 'imagenet-samples split=heldout (index % 10 == 9 held out): 100 photos, centred 224x224 '
+                                'crop each',
+              'heldout_psnr_noisy_db': 13.39,
+              'heldout_psnr_db': 24.94,
+              'heldout_psnr_gain_db': 11.54,
+              'parameters': 383756,
+              'heldout_eval': {'sigma': 0.25,
+                               'n0': 20,
+                               'n': 100,
+                               'alpha': 0.001,
+                               'photos': 'imagenet-samples split=heldout (index % 10 == 9 held out): 100 photos, one '
+                                         'centred crop each',
+                               'psnr_db': 24.94,
+                               'agreement': 0.459,
+                               'certified': {'0.0': 0.42, '0.1': 0.32, '0.25': 0.22, '0.5': 0.0},
+                               'certified_true': {'0.0': 0.4, '0.1': 0.29, '0.25': 0.19, '0.5': 0.0}}},
     ),
     DenoiserWeights(
-        name='dncnn-s0.50',
-        filename='dncnn-s0.50.pt',
-        sha256='0602837f16e7e56dbbb1507d04e04d1ad138b41d2a60dde04c79ecdb402be55e',
-        meta={'name': 'dncnn-s0.50',
-              'arch': 'dncnn',
-              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+        name='ffdnet64-s0.50',
+        filename='ffdnet64-s0.50.pt',
+        sha256='420494fefc10e0ed4182b916959d32b77cf9755e1f479744442664624ac2db88',
+        meta={'name': 'ffdnet64-s0.50',
+              'arch': 'ffdnet',
+              'arch_config': {'depth': 12, 'n_channels': 64, 'image_channels': 3, 'noise_level': 0.5, 'kernel_size': 3},
               'sigma': 0.5,
               'objective': 'mse',
               'surrogates': [],
-              'training_data': 'builtin:astronaut,rocket,hubble_deep_field,immunohistochemistry,retina,china,camera,moon,brick,grass,gravel,coins,clock,cell,page',
-              'steps': 500,
-              'train_seconds_cpu': 466.2,
-              'recipe': ['robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 1 '
-                         '--checkpoint-every 100 --resume --sigma 0.25 --objective mse --steps 1200 --batch 16 --patch 40 '
-                         '--lr 1e-3 --out runs/dncnn-s0.25.pt',
-                         'robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 1 '
-                         '--checkpoint-every 100 --resume --sigma 0.50 --objective mse --init runs/dncnn-s0.25.pt --steps '
-                         '500 --batch 16 --patch 40 --lr 5e-4 --out runs/dncnn-s0.50.pt'],
-              'heldout_photos': ['chelsea', 'coffee', 'flower', 'grace_hopper'],
-              'heldout_psnr_noisy_db': 9.19,
-              'heldout_psnr_db': 21.01,
-              'heldout_psnr_gain_db': 11.82,
-              'parameters': 76000},
+              'access': None,
+              'training_data': 'imagenet-samples split=train (index % 10 == 9 held out): 900 photos',
+              'steps': 300,
+              'train_seconds_cpu': 276.7,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--init ffdnet-color --sigma 0.25 --objective mse --steps 400 --batch 16 --patch 96 --lr 1e-4 '
+                         '--threads 2 --checkpoint-every 50 --resume --out runs/ffdnet-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--width 64 --init runs/ffdnet-s0.25.pt --sigma 0.25 --objective mse --steps 900 --batch 16 '
+                         '--patch 96 --lr 1e-3 --threads 2 --checkpoint-every 100 --resume --out runs/ffdnet64-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --threads 2 '
+                         '--resume --arch ffdnet --init runs/ffdnet64-s0.25.pt --sigma 0.50 --objective mse --steps 300 '
+                         '--batch 16 --patch 96 --lr 3e-4 --checkpoint-every 100 --out runs/ffdnet64-s0.50.pt'],
+              'heldout_photos': 'imagenet-samples split=heldout (index % 10 == 9 held out): 100 photos, centred 224x224 '
+                                'crop each',
+              'heldout_psnr_noisy_db': 9.17,
+              'heldout_psnr_db': 22.69,
+              'heldout_psnr_gain_db': 13.51,
+              'parameters': 383756},
     ),
     DenoiserWeights(
-        name='dncnn-s0.25-stab',
-        filename='dncnn-s0.25-stab.pt',
-        sha256='ac0068e7539fc92033730b3cb2f08e384fd7de01dcb202943fd2ea2da2420221',
-        meta={'name': 'dncnn-s0.25-stab',
-              'arch': 'dncnn',
-              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+        name='ffdnet64-s0.25-stab',
+        filename='ffdnet64-s0.25-stab.pt',
+        sha256='97e54d6a9f6bee5eae6a7f5ba2f556ce9b5990ff5a3c252b0830ff43e31f365b',
+        meta={'name': 'ffdnet64-s0.25-stab',
+              'arch': 'ffdnet',
+              'arch_config': {'depth': 12, 'n_channels': 64, 'image_channels': 3, 'noise_level': 0.25, 'kernel_size': 3},
               'sigma': 0.25,
               'objective': 'stab+mse',
-              'surrogates': ['efficientnet-lite0'],
-              'training_data': 'builtin:astronaut,rocket,hubble_deep_field,immunohistochemistry,retina,china,camera,moon,brick,grass,gravel,coins,clock,cell,page',
-              'steps': 200,
-              'train_seconds_cpu': 320.5,
-              'recipe': ['robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 1 '
-                         '--checkpoint-every 100 --resume --sigma 0.25 --objective mse --steps 1200 --batch 16 --patch 40 '
-                         '--lr 1e-3 --out runs/dncnn-s0.25.pt',
-                         'robust-api denoiser train --images builtin --arch dncnn --depth 10 --width 32 --threads 2 '
-                         '--checkpoint-every 50 --resume --sigma 0.25 --objective stab+mse --init runs/dncnn-s0.25.pt '
-                         '--surrogate efficientnet-lite0 --steps 200 --batch 4 --patch 224 --lr 1e-4 --min-confidence 0.3 '
-                         '--out runs/dncnn-s0.25-stab.pt'],
-              'heldout_photos': ['chelsea', 'coffee', 'flower', 'grace_hopper'],
-              'heldout_psnr_noisy_db': 13.5,
-              'heldout_psnr_db': 21.01,
-              'heldout_psnr_gain_db': 7.52,
-              'parameters': 76000},
+              'surrogates': ['efficientnet-lite1', 'efficientnet-lite2'],
+              'access': 'query',
+              'training_data': 'imagenet-samples split=train (index % 10 == 9 held out): 900 photos',
+              'steps': 300,
+              'train_seconds_cpu': 868.9,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--init ffdnet-color --sigma 0.25 --objective mse --steps 400 --batch 16 --patch 96 --lr 1e-4 '
+                         '--threads 2 --checkpoint-every 50 --resume --out runs/ffdnet-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--width 64 --init runs/ffdnet-s0.25.pt --sigma 0.25 --objective mse --steps 900 --batch 16 '
+                         '--patch 96 --lr 1e-3 --threads 2 --checkpoint-every 100 --resume --out runs/ffdnet64-s0.25.pt',
+                         'robust-api denoiser train --images ../shared/data/imagenet-samples --split train --arch ffdnet '
+                         '--init runs/ffdnet64-s0.25.pt --sigma 0.25 --objective stab+mse --surrogate efficientnet-lite1 '
+                         '--surrogate efficientnet-lite2 --min-confidence 0.2 --steps 300 --batch 8 --patch 224 --lr 5e-5 '
+                         '--threads 2 --checkpoint-every 25 --resume --out runs/ffdnet64-s0.25-stab.pt'],
+              'heldout_photos': 'imagenet-samples split=heldout (index % 10 == 9 held out): 100 photos, centred 224x224 '
+                                'crop each',
+              'heldout_psnr_noisy_db': 13.39,
+              'heldout_psnr_db': 22.98,
+              'heldout_psnr_gain_db': 9.59,
+              'parameters': 383756,
+              'heldout_eval': {'sigma': 0.25,
+                               'n0': 20,
+                               'n': 100,
+                               'alpha': 0.001,
+                               'photos': 'imagenet-samples split=heldout (index % 10 == 9 held out): 100 photos, one '
+                                         'centred crop each',
+                               'psnr_db': 22.98,
+                               'agreement': 0.514,
+                               'certified': {'0.0': 0.48, '0.1': 0.46, '0.25': 0.37, '0.5': 0.0},
+                               'certified_true': {'0.0': 0.46, '0.1': 0.44, '0.25': 0.36, '0.5': 0.0}}},
     ),
 )

@@ -84,7 +84,7 @@ def test_bad_specs_are_config_errors_that_say_what_to_fix(spec, sigma, message):
 
 
 def test_other_specs_are_not_classical():
-    assert parse_classical("dncnn-s0.25", 0.25) is None and parse_classical("tvx", 0.25) is None
+    assert parse_classical("ffdnet64-s0.25", 0.25) is None and parse_classical("tvx", 0.25) is None
     assert parse_classical("checkpoints/tv.pt", None) is None
 
 

@@ -122,7 +122,7 @@ def test_cli_eval_on_a_photo_folder_reports_true_class_accuracy(tmp_path):
         (photo.save(path) if i in (9, 19) else path.write_bytes(b""))
     result = CliRunner().invoke(denoiser_app, [
         "eval", "--photos", str(folder), "--split", "heldout", "--limit", "2", "--sigma", "0.25", "--size", "32",
-        "--n0", "2", "--n", "4", "--no-baselines", "--denoiser", "dncnn-s0.25", "--precision", "float32",
+        "--n0", "2", "--n", "4", "--no-baselines", "--denoiser", "ffdnet64-s0.25", "--precision", "float32",
     ])
     assert result.exit_code == 0, result.output
     assert "Against the true class" in result.output and "2 images (imagenet-samples split=heldout" in result.output

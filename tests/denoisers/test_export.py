@@ -8,11 +8,11 @@ from robust_api.denoisers.registry import get_weights
 
 
 def test_portable_recipe_names_run_files_under_runs():
-    cmd = "robust-api denoiser train --sigma 0.25 --init dncnn-s0.25 --steps 9 --out /tmp/x/stab-long.pt"
-    assert _portable(cmd, "dncnn-s0.25-stab") == (
-        "robust-api denoiser train --sigma 0.25 --init runs/dncnn-s0.25.pt --steps 9 --out runs/dncnn-s0.25-stab.pt"
+    cmd = "robust-api denoiser train --sigma 0.25 --init ffdnet64-s0.25 --steps 9 --out /tmp/x/stab-long.pt"
+    assert _portable(cmd, "ffdnet64-s0.25-stab") == (
+        "robust-api denoiser train --sigma 0.25 --init runs/ffdnet64-s0.25.pt --steps 9 --out runs/ffdnet64-s0.25-stab.pt"
     )
-    assert _portable("t --init /home/me/a/dncnn-s0.25.pt --out /home/me/a/b.pt") == "t --init runs/dncnn-s0.25.pt --out runs/b.pt"
+    assert _portable("t --init /home/me/a/ffdnet64-s0.25.pt --out /home/me/a/b.pt") == "t --init runs/ffdnet64-s0.25.pt --out runs/b.pt"
     assert _portable("t --init my-own --out b.pt") == "t --init my-own --out runs/b.pt"  # not a shipped name
 
 
@@ -21,10 +21,10 @@ def test_recipe_chain_follows_init_through_a_shipped_name_and_a_file(tmp_path):
 
     net = build_denoiser("dncnn", depth=3, n_channels=4)
     first = tmp_path / "first.pt"
-    torch.save(checkpoint_dict(net, "dncnn", {}, meta={"recipe": "train A", "init": {"source": "dncnn-s0.25"}}), first)
+    torch.save(checkpoint_dict(net, "dncnn", {}, meta={"recipe": "train A", "init": {"source": "ffdnet64-s0.25"}}), first)
     second = checkpoint_dict(net, "dncnn", {}, meta={"recipe": "train B", "init": {"source": str(first)}})
     chain = _recipe_chain(second)
-    assert chain == list(get_weights("dncnn-s0.25").meta["recipe"]) + ["train A", "train B"]
+    assert chain == list(get_weights("ffdnet64-s0.25").meta["recipe"]) + ["train A", "train B"]
 
 
 def test_eval_metrics_are_matched_to_runs_by_file_stem(tmp_path):

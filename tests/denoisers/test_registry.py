@@ -17,7 +17,7 @@ from robust_api.denoisers.registry import (
 )
 from robust_api.errors import CheckpointError
 
-EXPECTED = {"dncnn-s0.12": 0.12, "dncnn-s0.25": 0.25, "dncnn-s0.50": 0.50, "dncnn-s0.25-stab": 0.25}
+EXPECTED = {"ffdnet64-s0.12": 0.12, "ffdnet64-s0.25": 0.25, "ffdnet64-s0.50": 0.50, "ffdnet64-s0.25-stab": 0.25}
 
 
 def test_the_four_shipped_denoisers_are_registered_with_their_metadata():
@@ -25,13 +25,15 @@ def test_the_four_shipped_denoisers_are_registered_with_their_metadata():
     assert set(entries) == set(EXPECTED)
     for name, sigma in EXPECTED.items():
         meta = entries[name].meta
-        assert meta["sigma"] == sigma and meta["arch"] == "dncnn"
+        assert meta["sigma"] == sigma and meta["arch"] == "ffdnet" and meta["arch_config"]["n_channels"] == 64
         assert meta["recipe"] and all(r.startswith("robust-api denoiser train") for r in meta["recipe"])
         assert meta["heldout_psnr_db"] > meta["heldout_psnr_noisy_db"]
-        assert "builtin" in meta["training_data"] and meta["heldout_photos"]
-        assert entries[name].path.stat().st_size < 1_000_000
-    assert entries["dncnn-s0.25-stab"].meta["objective"] == "stab+mse"
-    assert entries["dncnn-s0.25-stab"].meta["surrogates"] == ["efficientnet-lite0"]
+        assert "imagenet-samples split=train" in meta["training_data"] and "split=heldout" in meta["heldout_photos"]
+        assert entries[name].path.stat().st_size < 2_000_000
+    assert entries["ffdnet64-s0.25-stab"].meta["objective"] == "stab+mse"
+    # the default Stab+MSE is query access: trained through classifiers other than the Lite0 behind the emulators
+    assert entries["ffdnet64-s0.25-stab"].meta["surrogates"] == ["efficientnet-lite1", "efficientnet-lite2"]
+    assert entries["ffdnet64-s0.25-stab"].meta["access"] == "query"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -19,7 +19,7 @@ from robust_api.denoisers.cli import denoiser_app  # noqa: E402
 from robust_api.errors import ConfigError  # noqa: E402
 
 SIGMA = 0.25
-DENOISERS = ["dncnn-s0.25", "ffdnet-color"]
+DENOISERS = ["ffdnet64-s0.25", "ffdnet-color"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def grid(photos, classifier, class_names):
 
 def test_grid_has_one_row_per_photo_and_a_column_per_denoiser(grid):
     assert [row.image for row in grid.rows] == ["astronaut", "chelsea"]
-    assert grid.columns == ["clean", "noisy (σ=0.25)", "dncnn-s0.25", "ffdnet-color@sigma=0.25"]
+    assert grid.columns == ["clean", "noisy (σ=0.25)", "ffdnet64-s0.25", "ffdnet-color@sigma=0.25"]
     assert all(len(row.panels) == 4 for row in grid.rows)
     assert len(grid.figure.axes) == 2 * 4
     assert all(p.pixels.shape == (224, 224, 3) and p.pixels.dtype == np.uint8 for r in grid.rows for p in r.panels)
@@ -129,7 +129,7 @@ def photo_files(tmp_path_factory, photos):
 def test_cli_writes_the_png_and_prints_its_path(photo_files, tmp_path):
     out = tmp_path / "grid.png"
     result = CliRunner().invoke(denoiser_app, [
-        "show", *photo_files, "--sigma", "0.25", "--denoiser", "dncnn-s0.25", "--seed", "3", "--size", "224",
+        "show", *photo_files, "--sigma", "0.25", "--denoiser", "ffdnet64-s0.25", "--seed", "3", "--size", "224",
         "-o", str(out),
     ])
     assert result.exit_code == 0, result.output

@@ -71,11 +71,11 @@ def _photo_like(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_bfloat16_stays_within_an_8_bit_level_of_float32_for_a_shipped_denoiser():
-    net = load_denoiser("dncnn-s0.25")
+    net = load_denoiser("ffdnet64-s0.25")
     fp32 = optimize_for_inference(net, precision="float32")
     bf16 = optimize_for_inference(net, precision="bfloat16")
     assert (fp32.denoiser_precision, bf16.denoiser_precision) == ("float32", "bfloat16")
-    assert bf16.denoiser_name == "dncnn-s0.25" and bf16.denoiser_sha256 == net.denoiser_sha256
+    assert bf16.denoiser_name == "ffdnet64-s0.25" and bf16.denoiser_sha256 == net.denoiser_sha256
     _, noisy = _photo_like()
     with torch.inference_mode():
         a, b = fp32(noisy), bf16(noisy)
@@ -85,7 +85,7 @@ def test_bfloat16_stays_within_an_8_bit_level_of_float32_for_a_shipped_denoiser(
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
-    net = load_denoiser("dncnn-s0.25")
+    net = load_denoiser("ffdnet64-s0.25")
     monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: False)
     assert optimize_for_inference(net).denoiser_precision == "float32"
     monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: True)  # autocast emulates bf16 where not native
@@ -94,14 +94,14 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 
 
 def test_auto_precision_refuses_a_precision_that_costs_psnr(monkeypatch):
-    net = load_denoiser("dncnn-s0.25")
+    net = load_denoiser("ffdnet64-s0.25")
     monkeypatch.setattr(speed, "native_bfloat16_cpu", lambda: True)
     monkeypatch.setattr(speed, "keeps_psnr", lambda *a, **k: False)
     assert optimize_for_inference(net).denoiser_precision == "float32"
 
 
 def test_keeps_psnr_rejects_a_degraded_candidate():
-    net = optimize_for_inference(load_denoiser("dncnn-s0.25"), precision="float32")
+    net = optimize_for_inference(load_denoiser("ffdnet64-s0.25"), precision="float32")
 
     class Blurred(torch.nn.Module):
         def forward(self, x):
