@@ -1,6 +1,6 @@
 """Shipped denoisers as values with metadata (like torchvision's weights enums), and `load_denoiser`.
 
-`load_denoiser("dncnn-s25-mse")` resolves a registry name to the file inside the package and verifies its sha256;
+`load_denoiser("ffdnet64-s0.25")` resolves a registry name to the file inside the package and verifies its sha256;
 any other string is a checkpoint path (reference format or ours). `denoiser_identity` gives the {"name", "sha256"}
 pair the query logs record, so a cached sample is only reused with the same weights.
 """
