@@ -25,6 +25,16 @@ from robust_api.denoisers.evaluation import TV_WEIGHT_PER_SIGMA  # one definitio
 from robust_api.errors import ConfigError
 
 
+def tv_denoise(images: np.ndarray, weight: float) -> np.ndarray:
+    """Chambolle TV of every image of an NHWC float batch in [0,1] (each colour channel on its own), float32."""
+    from skimage.restoration import denoise_tv_chambolle
+
+    out = np.empty(images.shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = denoise_tv_chambolle(image, weight=weight, channel_axis=-1)
+    return out
+
+
 def _skimage_version() -> str:
     import skimage
 
@@ -55,15 +65,10 @@ class TVDenoiser(nn.Module):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from skimage.restoration import denoise_tv_chambolle
-
         if x.ndim != 4:
             raise ValueError(f"expected an NCHW batch, got shape {tuple(x.shape)}")
         images = x.detach().to(device="cpu", dtype=torch.float32).permute(0, 2, 3, 1).numpy()
-        out = np.empty(images.shape, dtype=np.float32)
-        for i, image in enumerate(images):
-            out[i] = denoise_tv_chambolle(image, weight=self.weight, channel_axis=-1)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(x.device)
+        return torch.from_numpy(tv_denoise(images, self.weight)).permute(0, 3, 1, 2).contiguous().to(x.device)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight:g}"

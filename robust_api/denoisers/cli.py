@@ -205,9 +205,7 @@ def eval_cmd(
         if photos_dir is not None:
             from robust_api.denoisers import datasets
 
-            found = datasets.load_folder(photos_dir, split, limit=limit)
-            images = [(p.name, datasets.center_crop(p.pixels, size), p.true_class) for p in found]
-            where = f"{datasets.describe(photos_dir, split, found)}, one centred crop each"
+            images, where = datasets.evaluation_set(photos_dir, split, size, limit=limit)
         else:
             images = eval_images(crops, size)
             where = f"crops of {', '.join(sorted({i.split('#')[0] for i, _ in images}))}"

@@ -95,10 +95,16 @@ def describe(folder: str | Path, split: str, photos: Sequence[FolderPhoto]) -> s
 
 def center_crop(pixels: np.ndarray, size: int = 224) -> np.ndarray:
     """The centred square of the photo's full short side, resized to size x size (float32 in [0,1])."""
-    from robust_api.denoisers.photos import resize
+    from robust_api.denoisers.photos import center_square, resize
 
-    h, w = pixels.shape[:2]
-    side = min(h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    square = pixels[y0:y0 + side, x0:x0 + side]
-    return resize(square.astype(np.float32) / 255.0, size, size)
+    return resize(center_square(pixels).astype(np.float32) / 255.0, size, size)
+
+
+def evaluation_set(
+    folder: str | Path, split: str = "heldout", size: int = 224, *, limit: int | None = None
+) -> tuple[list[tuple[str, np.ndarray, int | None]], str]:
+    """(name, centred size x size crop, true class or None) for each photo of the split, and a description for
+    tables and metadata. The one place `denoiser eval --photos` and the export's held-out PSNR take images from."""
+    found = load_folder(folder, split, limit=limit)
+    images = [(p.name, center_crop(p.pixels, size), p.true_class) for p in found]
+    return images, f"{describe(folder, split, found)}, one centred {size}x{size} crop each"

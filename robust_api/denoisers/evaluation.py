@@ -66,14 +66,10 @@ def identity_method() -> Method:
 
 def tv_method(sigma: float, weight: float | None = None) -> Method:
     """scikit-image's Chambolle TV denoiser, weight 0.6*sigma by default, each colour channel on its own."""
-    from skimage.restoration import denoise_tv_chambolle
+    from robust_api.denoisers.classical import tv_denoise  # the same TV that denoiser="tv" serves
 
     w = TV_WEIGHT_PER_SIGMA * sigma if weight is None else weight
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return np.stack([denoise_tv_chambolle(img, weight=w, channel_axis=-1) for img in batch]).astype(np.float32)
-
-    return Method(f"tv(w={w:.3g})", run, {"weight": w})
+    return Method(f"tv(w={w:.3g})", lambda batch: tv_denoise(np.asarray(batch, dtype=np.float32), w), {"weight": w})
 
 
 def module_method(name: str, module: nn.Module, batch_size: int = 16) -> Method:

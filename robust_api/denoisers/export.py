@@ -36,9 +36,8 @@ def heldout_images(photos: Path | None = None, crops: int = 6) -> tuple[np.ndarr
         return np.stack([img for _, img in eval_images(crops)]), ", ".join(p.name for p in PHOTOS if p.heldout)
     from robust_api.denoisers import datasets
 
-    found = datasets.load_folder(photos, "heldout")
-    return np.stack([datasets.center_crop(p.pixels) for p in found]), datasets.describe(photos, "heldout", found) + \
-        ", centred 224x224 crop each"
+    images, description = datasets.evaluation_set(photos, "heldout")
+    return np.stack([img for _, img, _ in images]), description
 
 
 def heldout_psnr(

@@ -112,6 +112,14 @@ def heldout_photos() -> list[tuple[str, np.ndarray]]:
     return [(p.name, load_photo(p.name)) for p in PHOTOS if p.heldout]
 
 
+def center_square(arr: np.ndarray) -> np.ndarray:
+    """The centred square of an HxW[xC] array's full short side (a view, no resampling)."""
+    h, w = arr.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return arr[y0:y0 + side, x0:x0 + side]
+
+
 def resize(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bicubic resize of a float HxWx3 image in [0,1] (through 8-bit PIL, as a provider would see it)."""
     img = Image.fromarray((np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8))

@@ -92,17 +92,13 @@ def prepare_image(pixels: np.ndarray, size: int = 224, name: str | None = None) 
     """`pixels` (HxW or HxWxC, uint8/uint16/float in [0,1], as `images.load_image` accepts) -> the centred square
     of its full short side resized to size x size (bicubic, through 8 bits): float32 HxWx3 on the 8-bit grid.
     ImageError for arrays load_image rejects (NaN, out of range, bad shape); ConfigError for size < 8."""
-    from robust_api.denoisers.photos import resize
+    from robust_api.denoisers.photos import center_square, resize
     from robust_api.images import from_uint8, load_image, to_uint8
 
     if size < 8:
         raise ConfigError(f"size must be at least 8 pixels, got {size}")
-    arr = load_image(np.asarray(pixels), name=name).array
-    h, w = arr.shape[:2]
-    side = min(h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    square = arr[y0:y0 + side, x0:x0 + side]
-    if side == size:
+    square = center_square(load_image(np.asarray(pixels), name=name).array)
+    if square.shape[0] == size:
         return from_uint8(to_uint8(square))
     return resize(square, size, size)
 
