@@ -43,11 +43,12 @@ from PIL import Image
 
 from robust_api.images import load_image, to_uint8
 from robust_api.noise import noisy_copies
-from robust_api.providers import emulator_class
+from robust_api.providers import CLOUD_PROVIDER_NAMES
+from robust_api.providers.emulator import emulator_class
 from robust_api.providers.emulator.base import EMULATOR_KEY, EmulatorKnobs
 from robust_api.query_logs import read_log
 
-PROVIDERS = ("azure", "google", "aws", "clarifai")
+PROVIDERS = CLOUD_PROVIDER_NAMES  # the registry's cloud providers, each with an emulator
 BATCH = {"azure": 1, "google": 16, "aws": 1, "clarifai": 128}  # images per request (adapters' max_batch)
 # How each adapter finds its credential when given --endpoint instead of --emulator.
 CREDENTIAL_ENV = {

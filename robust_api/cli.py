@@ -230,7 +230,8 @@ API_HELP = "Provider: azure, google, aws, clarifai or local."
 def _knobs(latency_ms: float, jitter_ms: float, rate: Optional[float], burst: int, p_throttle: float, p_5xx: float,
            p_timeout: float, p_malformed: float, p_reset: float, retry_after: Optional[float], timeout_hang_s: float,
            quota: Optional[int], api_key: Optional[str], seed: int):
-    from robust_api.providers.emulator.base import EMULATOR_KEY, EmulatorKnobs
+    from robust_api.providers.emulator.base import EmulatorKnobs
+    from robust_api.providers.wire import EMULATOR_KEY
 
     for name, p in (("--p-throttle", p_throttle), ("--p-5xx", p_5xx), ("--p-timeout", p_timeout),
                     ("--p-malformed", p_malformed), ("--p-reset", p_reset)):
@@ -403,7 +404,7 @@ def plan_command(
     from rich.table import Table
 
     from robust_api import planner
-    from robust_api.providers import provider_class
+    from robust_api.providers import CLOUD_PROVIDER_NAMES, provider_class
 
     if (radius is None) == (budget is None):
         raise ConfigError("give exactly one of --radius or --budget")
@@ -427,7 +428,7 @@ def plan_command(
     table = Table(title=f"Cost for {images} image(s)", title_justify="left")
     for col in ("provider", "USD / 1000", "price as of", "default rate /s", "cost USD", "time at rate"):
         table.add_column(col, justify="right" if col != "provider" else "left")
-    for name in [api] if api else ["azure", "google", "aws", "clarifai"]:
+    for name in [api] if api else CLOUD_PROVIDER_NAMES:
         try:
             cls = provider_class(name)
         except ConfigError:

@@ -2,8 +2,9 @@
 
 `load_image` turns a path, encoded bytes, a PIL image or a numpy array into float32 HWC RGB in [0, 1] with
 a content hash, recording every conversion it made; bad input raises ImageError naming the image.
-`encode_for` turns uint8 pixels into PNG/JPEG bytes that fit an `ImageLimits`, recording every resize or
-re-encode. Both are deterministic: the same input gives the same pixels, hash and bytes.
+`encode_for` turns uint8 pixels into PNG/JPEG bytes that fit an `ImageLimits` (the adapter's own `limits`,
+passed in), recording every resize or re-encode. Both are deterministic: the same input gives the same
+pixels, hash and bytes.
 
 Documented conversions (each is recorded in `notes`):
 - EXIF orientation is applied (the picture is shown upright, as viewers and the cloud APIs show it).
@@ -29,40 +30,12 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from robust_api.errors import ImageError
-from robust_api.providers.base import ImageLimits
+# Limits belong to the adapters (each declares `limits` on its class); this module only obeys them.
+from robust_api.providers.limits import MAX_IMAGE_PIXELS, ImageLimits, MiB
 
-MiB = 1024 * 1024
-# Decompression-bomb guard: 40 Mpixel (a float32 RGB copy is ~0.5 GB, and every noisy sample is one more).
-MAX_IMAGE_PIXELS = 40_000_000
 JPEG_QUALITIES = (95, 90, 85, 80, 70, 60, 50)
 # Noisy samples barely compress: zlib level 1 is ~2x faster than 6 and at most ~6% larger on clean photos.
 PNG_COMPRESS_LEVEL = 1
-
-# Provider limits (see shared/reference/providers.md). `max_bytes` is inclusive: len(data) <= max_bytes.
-# Where a provider says "under"/"larger than", the bound is moved one unit inward.
-AZURE_V32_LIMITS = ImageLimits(  # < 4 MB, > 50x50, < 16000x16000; JPEG/PNG/GIF/BMP
-    max_bytes=4 * MiB - 1, min_side_px=51, max_side_px=15_999, formats=("JPEG", "PNG", "GIF", "BMP")
-)
-AZURE_V4_LIMITS = ImageLimits(  # < 20 MB, > 50x50, < 16000x16000; also WEBP/ICO/TIFF/MPO
-    max_bytes=20 * MiB - 1,
-    min_side_px=51,
-    max_side_px=15_999,
-    formats=("JPEG", "PNG", "GIF", "BMP", "WEBP", "ICO", "TIFF", "MPO"),
-)
-# Google allows 20 MB per image but 10 MB per JSON request, and base64 adds 4/3: one image must stay under
-# ~7.5 MB raw to be sendable at all. (The adapter must also keep a whole batch's base64 under 10 MB.)
-GOOGLE_LIMITS = ImageLimits(
-    max_bytes=7 * MiB, max_side_px=16_000, max_pixels=75_000_000, formats=("JPEG", "PNG", "GIF", "BMP", "WEBP")
-)
-AWS_LIMITS = ImageLimits(  # raw bytes 1..5,242,880; JPEG/PNG; sides 80..10,000 px for DetectLabels
-    max_bytes=5_242_880, min_side_px=80, max_side_px=10_000, formats=("JPEG", "PNG")
-)
-CLARIFAI_LIMITS = ImageLimits(  # < 20 MB (read as decimal megabytes, the stricter reading), <= 85 Mpixel
-    max_bytes=20_000_000 - 1, max_pixels=85_000_000, formats=("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
-)
-LOCAL_LIMITS = ImageLimits(  # in-process: only our own decoder's guard applies
-    max_bytes=256 * MiB, max_side_px=65_000, max_pixels=MAX_IMAGE_PIXELS, formats=("PNG", "JPEG")
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -462,13 +435,8 @@ def _downscale(image: Image.Image, scale: float, limits: ImageLimits, notes: lis
 
 
 __all__ = [
-    "AWS_LIMITS",
-    "AZURE_V32_LIMITS",
-    "AZURE_V4_LIMITS",
-    "CLARIFAI_LIMITS",
-    "GOOGLE_LIMITS",
-    "LOCAL_LIMITS",
     "MAX_IMAGE_PIXELS",
+    "ImageLimits",
     "EncodedImage",
     "LoadedImage",
     "decode_rgb",

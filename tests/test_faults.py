@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from robust_api import cli
+from robust_api.providers import CLOUD_PROVIDER_NAMES
 from robust_api.query_logs import read_log
 
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_matrix.py"
-PROVIDERS = ("azure", "google", "aws", "clarifai")
+PROVIDERS = CLOUD_PROVIDER_NAMES  # the registry's cloud providers, each with an emulator
 
 
 def load_harness():

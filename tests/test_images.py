@@ -14,7 +14,12 @@ from PIL import Image
 
 from robust_api import images as I
 from robust_api.errors import ImageError
+from robust_api.providers.aws import AWS_LIMITS, AWSProvider
+from robust_api.providers.azure import AZURE_V4_LIMITS, AZURE_V32_LIMITS, AzureProvider
 from robust_api.providers.base import ImageLimits
+from robust_api.providers.clarifai import CLARIFAI_LIMITS, ClarifaiProvider
+from robust_api.providers.google import GOOGLE_LIMITS, GoogleProvider
+from robust_api.providers.local import LOCAL_LIMITS, LocalProvider
 
 RNG = np.random.default_rng(1234)
 NOISE_100 = RNG.integers(0, 256, (100, 120, 3), dtype=np.uint8)
@@ -206,7 +211,7 @@ def make_one_pixel(tmp: Path) -> Path:
 
 def check_one_pixel(img: I.LoadedImage) -> None:
     assert img.array.shape == (1, 1, 3) and img.notes == ()
-    out = I.encode_for(I.to_uint8(img.array), I.AWS_LIMITS)
+    out = I.encode_for(I.to_uint8(img.array), AWS_LIMITS)
     assert (out.width, out.height) == (80, 80)
     assert np.all(decode(out.data) == (12, 34, 56))
     assert out.notes == ("upscaled 1x1->80x80 (nearest, x80) to reach the 80 px minimum side",)
@@ -374,7 +379,7 @@ def test_to_uint8_rounds_to_nearest_and_inverts_from_uint8() -> None:
 
 def test_below_provider_minimum_is_upscaled_exactly_and_noted() -> None:
     tiny = NOISE_100[:32, :32]
-    for limits, factor in ((I.AWS_LIMITS, 3), (I.AZURE_V32_LIMITS, 2)):
+    for limits, factor in ((AWS_LIMITS, 3), (AZURE_V32_LIMITS, 2)):
         out = I.encode_for(tiny, limits)
         side = 32 * factor
         assert (out.width, out.height, out.format) == (side, side, "PNG")
@@ -387,15 +392,15 @@ def test_below_provider_minimum_is_upscaled_exactly_and_noted() -> None:
 
 
 def test_within_limits_is_lossless_png_with_no_notes() -> None:
-    out = I.encode_for(NOISE_100, I.AWS_LIMITS)
+    out = I.encode_for(NOISE_100, AWS_LIMITS)
     assert out.format == "PNG" and out.notes == () and (out.width, out.height) == (120, 100)
     assert np.array_equal(decode(out.data), NOISE_100)
 
 
 def test_above_aws_byte_limit_is_reencoded_jpeg_and_noted() -> None:
     noise = np.random.default_rng(7).integers(0, 256, (1400, 1400, 3), dtype=np.uint8)  # PNG ~5.9 MB
-    out = I.encode_for(noise, I.AWS_LIMITS)
-    assert out.format == "JPEG" and len(out.data) <= I.AWS_LIMITS.max_bytes
+    out = I.encode_for(noise, AWS_LIMITS)
+    assert out.format == "JPEG" and len(out.data) <= AWS_LIMITS.max_bytes
     assert (out.width, out.height) == (1400, 1400)
     assert out.notes == ("re-encoded JPEG q=95 to fit 5 MB",)
     assert decode(out.data).shape == (1400, 1400, 3)
@@ -420,17 +425,17 @@ def test_above_max_side_is_downscaled_keeping_aspect() -> None:
 
 def test_unsatisfiable_limits_raise() -> None:
     with pytest.raises(ImageError, match="minimum side"):
-        I.encode_for(np.zeros((1, 500, 3), np.uint8), I.AWS_LIMITS)  # 80x taller would be 40000 px wide
+        I.encode_for(np.zeros((1, 500, 3), np.uint8), AWS_LIMITS)  # 80x taller would be 40000 px wide
     with pytest.raises(ImageError, match="none of PNG/JPEG"):
         I.encode_for(NOISE_100, ImageLimits(max_bytes=10**6, formats=("WEBP",)))
     with pytest.raises(ImageError, match="uint8"):
-        I.encode_for(NOISE_100 / 255.0, I.AWS_LIMITS)
+        I.encode_for(NOISE_100 / 255.0, AWS_LIMITS)
 
 
 def test_jpeg_only_provider_and_prefer_jpeg() -> None:
     out = I.encode_for(NOISE_100, ImageLimits(max_bytes=10**7, formats=("JPEG",)))
     assert out.format == "JPEG" and out.notes == ("encoded JPEG q=95 (PNG not accepted by the provider)",)
-    out = I.encode_for(NOISE_100, I.AWS_LIMITS, prefer="JPEG")
+    out = I.encode_for(NOISE_100, AWS_LIMITS, prefer="JPEG")
     assert out.format == "JPEG" and out.notes == ()
 
 
@@ -439,16 +444,26 @@ def test_encoding_is_deterministic() -> None:
     limits = ImageLimits(max_bytes=80_000, min_side_px=10, formats=("PNG", "JPEG"))
     first, second = I.encode_for(noise, limits), I.encode_for(noise.copy(), limits)
     assert first == second
-    assert I.encode_for(noise[:20, :20], I.AWS_LIMITS).data == I.encode_for(noise[:20, :20], I.AWS_LIMITS).data
+    assert I.encode_for(noise[:20, :20], AWS_LIMITS).data == I.encode_for(noise[:20, :20], AWS_LIMITS).data
 
 
 def test_provider_limit_constants_match_the_reference_notes() -> None:
-    assert I.AWS_LIMITS.max_bytes == 5_242_880 and I.AWS_LIMITS.min_side_px == 80
-    assert I.AWS_LIMITS.formats == ("JPEG", "PNG") and I.AWS_LIMITS.max_side_px == 10_000
-    assert I.AZURE_V32_LIMITS.max_bytes < 4 * I.MiB and I.AZURE_V32_LIMITS.min_side_px == 51
-    assert I.AZURE_V4_LIMITS.max_bytes < 20 * I.MiB
-    assert I.GOOGLE_LIMITS.max_bytes * 4 / 3 < 10 * I.MiB  # one image's base64 fits a 10 MB request
-    assert I.CLARIFAI_LIMITS.max_pixels == 85_000_000
-    for limits in (I.AWS_LIMITS, I.AZURE_V32_LIMITS, I.AZURE_V4_LIMITS, I.GOOGLE_LIMITS, I.CLARIFAI_LIMITS,
-                   I.LOCAL_LIMITS):
+    assert AWS_LIMITS.max_bytes == 5_242_880 and AWS_LIMITS.min_side_px == 80
+    assert AWS_LIMITS.formats == ("JPEG", "PNG") and AWS_LIMITS.max_side_px == 10_000
+    assert AZURE_V32_LIMITS.max_bytes < 4 * I.MiB and AZURE_V32_LIMITS.min_side_px == 51
+    assert AZURE_V4_LIMITS.max_bytes < 20 * I.MiB
+    assert GOOGLE_LIMITS.max_bytes * 4 / 3 < 10 * I.MiB  # one image's base64 fits a 10 MB request
+    assert CLARIFAI_LIMITS.max_pixels == 85_000_000
+    for limits in (AWS_LIMITS, AZURE_V32_LIMITS, AZURE_V4_LIMITS, GOOGLE_LIMITS, CLARIFAI_LIMITS,
+                   LOCAL_LIMITS):
         assert "PNG" in limits.formats and "JPEG" in limits.formats
+
+
+def test_each_adapter_declares_its_own_limits_and_images_holds_none() -> None:
+    # Adapters own their wire facts: the limits are class attributes of the adapter; images.py only obeys them.
+    assert AWSProvider.limits is AWS_LIMITS and GoogleProvider.limits is GOOGLE_LIMITS
+    assert ClarifaiProvider.limits is CLARIFAI_LIMITS and LocalProvider.limits is LOCAL_LIMITS
+    assert AzureProvider.limits_by_version == {"3.2": AZURE_V32_LIMITS, "4.0": AZURE_V4_LIMITS}
+    assert AzureProvider.limits is AZURE_V32_LIMITS  # the stricter set, until an instance picks its version
+    assert LOCAL_LIMITS.max_pixels == I.MAX_IMAGE_PIXELS
+    assert not [name for name in vars(I) if name.endswith("_LIMITS")]

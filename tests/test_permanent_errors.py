@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 from robust_api import cli
-from robust_api.providers import emulator_class
+from robust_api.providers import CLOUD_PROVIDER_NAMES
+from robust_api.providers.emulator import emulator_class
 from robust_api.providers.emulator.base import EMULATOR_KEY, EmulatorKnobs
 from robust_api.query_logs import read_log
 
-PROVIDERS = ("azure", "google", "aws", "clarifai")
+PROVIDERS = CLOUD_PROVIDER_NAMES  # the registry's cloud providers, each with an emulator
 GOOD_CREDENTIALS = {
     "azure": {"AZURE_VISION_KEY": EMULATOR_KEY},
     "google": {"GOOGLE_API_KEY": EMULATOR_KEY},

@@ -20,11 +20,12 @@ from PIL import Image
 from robust_api import cli
 from robust_api.engine import CertifyParams
 from robust_api.errors import RobustAPIError
-from robust_api.providers import emulator_class
+from robust_api.providers import CLOUD_PROVIDER_NAMES
+from robust_api.providers.emulator import emulator_class
 from robust_api.providers.emulator.base import EMULATOR_KEY, EmulatorKnobs
 from robust_api.run import RunConfig, run_certification
 
-PROVIDERS = ("azure", "google", "aws", "clarifai")
+PROVIDERS = CLOUD_PROVIDER_NAMES  # the registry's cloud providers, each with an emulator
 _SCRIPT = Path(sys.executable).parent / "robust-api"
 # The installed console script (what users run), else the module.
 ROBUST_API = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "robust_api.cli"]

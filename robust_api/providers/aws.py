@@ -29,8 +29,9 @@ import re
 from typing import Any, Sequence
 
 from robust_api.errors import ConfigError, PermanentProviderError, ProviderError, RetryableProviderError
-from robust_api.images import AWS_LIMITS
 from robust_api.providers.base import Pricing, Provider, ProviderResponse
+from robust_api.providers.limits import ImageLimits
+from robust_api.providers.wire import EMULATOR_KEY, retry_after_from_headers
 
 AUTH_HINT = "check AWS credentials: AWS_ACCESS_KEY_ID/AWS_PROFILE and AWS_REGION"
 EMULATOR_SECRET = "emulator-secret"  # the emulator checks only the access key id; not a secret
@@ -87,7 +88,8 @@ class AWSProvider(Provider):
 
     name = "aws"
     max_batch = 1
-    limits = AWS_LIMITS
+    # Raw bytes 1..5,242,880; JPEG/PNG; sides 80..10,000 px for DetectLabels (see shared/reference/providers.md).
+    limits = ImageLimits(max_bytes=5_242_880, min_side_px=80, max_side_px=10_000, formats=("JPEG", "PNG"))
     # DetectLabels TPS quotas differ by region and account (Service Quotas console); 5/s is a safe default.
     default_rate_per_s = 5.0
     pricing = Pricing(
@@ -157,8 +159,6 @@ class AWSProvider(Provider):
         """An adapter pointed at a local AwsEmulator, signing with dummy keys (access key id EMULATOR_KEY)
         in us-east-1; the environment's AWS credentials are not used."""
         import boto3
-
-        from robust_api.providers.emulator.base import EMULATOR_KEY
 
         session = boto3.session.Session(
             aws_access_key_id=access_key_id or EMULATOR_KEY,
@@ -260,8 +260,7 @@ def _request_id(metadata: dict) -> str | None:
 
 def _retry_after_s(metadata: dict) -> float | None:
     """AWS does not send Retry-After in practice; honour it if a proxy or future service version does."""
-    headers = {k.lower(): v for k, v in (metadata.get("HTTPHeaders") or {}).items()}
-    try:
-        return max(0.0, float(headers["retry-after"]))
-    except (KeyError, TypeError, ValueError):
-        return None
+    return retry_after_from_headers(metadata.get("HTTPHeaders"))
+
+
+AWS_LIMITS = AWSProvider.limits  # kept importable under its old name (tests use it)

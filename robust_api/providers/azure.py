@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
 import io
 import json
 import os
 import re
-import time
 from typing import Any, Mapping, Sequence
 
 from robust_api.errors import ConfigError, PermanentProviderError, ProviderError, RetryableProviderError
-from robust_api.images import AZURE_V4_LIMITS, AZURE_V32_LIMITS
 from robust_api.providers.base import Pricing, Provider, ProviderResponse
+from robust_api.providers.limits import MiB, ImageLimits
+from robust_api.providers.wire import EMULATOR_KEY, retry_after_from_headers
 
 ENDPOINT_ENV = ("AZURE_VISION_ENDPOINT", "VISION_ENDPOINT")
 KEY_ENV = ("AZURE_VISION_KEY", "VISION_KEY")
@@ -59,7 +58,20 @@ class AzureProvider(Provider):
 
     name = "azure"
     max_batch = 1
-    limits = AZURE_V32_LIMITS  # the stricter of the two; instances using 4.0 widen it
+    # Per API version (the 4.0 service accepts more); `limits` is the stricter 3.2 set on the class and each
+    # instance takes its own version's. Bounds stated as "under"/"larger than" are moved one unit inward.
+    limits_by_version = {
+        "3.2": ImageLimits(  # < 4 MB, > 50x50, < 16000x16000; JPEG/PNG/GIF/BMP
+            max_bytes=4 * MiB - 1, min_side_px=51, max_side_px=15_999, formats=("JPEG", "PNG", "GIF", "BMP")
+        ),
+        "4.0": ImageLimits(  # < 20 MB, > 50x50, < 16000x16000; also WEBP/ICO/TIFF/MPO
+            max_bytes=20 * MiB - 1,
+            min_side_px=51,
+            max_side_px=15_999,
+            formats=("JPEG", "PNG", "GIF", "BMP", "WEBP", "ICO", "TIFF", "MPO"),
+        ),
+    }
+    limits = limits_by_version["3.2"]
     # Azure's FAQ: S1 allows "up to 20 TPS" (often quoted 10); F0 allows 20 per minute. Set rate for your tier.
     default_rate_per_s = 10.0
     pricing = Pricing(
@@ -105,8 +117,8 @@ class AzureProvider(Provider):
         self.model_version = model_version
         self.language = language
         self._key = key
+        self.limits = self.limits_by_version[api_version]  # per instance: depends on the API version
         if api_version == "4.0":
-            self.limits = AZURE_V4_LIMITS  # type: ignore[misc]  # per-instance: depends on the API version
             self._client = self._make_v4_client(connect_timeout_s, read_timeout_s)
         else:
             self._client = self._make_v32_client(connect_timeout_s, read_timeout_s)
@@ -115,8 +127,6 @@ class AzureProvider(Provider):
     @classmethod
     def for_emulator(cls, url: str, **options: Any) -> "AzureProvider":
         """An adapter pointed at a local AzureEmulator (its default key, EMULATOR_KEY)."""
-        from robust_api.providers.emulator.base import EMULATOR_KEY
-
         options.setdefault("key", EMULATOR_KEY)
         return cls(endpoint=url, **options)
 
@@ -350,18 +360,9 @@ def _request_id(headers: Mapping[str, str], body: Any) -> str | None:
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from retry-after-ms / x-ms-retry-after-ms / Retry-After (seconds or HTTP date)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    for name, scale in (("retry-after-ms", 1e-3), ("x-ms-retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = lower.get(name)
-        if not value:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            continue
-        return max(0.0, when.timestamp() - time.time())
-    return None
+    return retry_after_from_headers(headers)
+
+
+# Kept importable under their old names (tests use them).
+AZURE_V32_LIMITS = AzureProvider.limits_by_version["3.2"]
+AZURE_V4_LIMITS = AzureProvider.limits_by_version["4.0"]

@@ -7,22 +7,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-import email.utils
-import time
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from robust_api.errors import ProviderError
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """What a provider accepts for one image. `images.encode_for` keeps every upload inside these."""
-
-    max_bytes: int
-    min_side_px: int = 1
-    max_side_px: int = 16_000
-    formats: tuple[str, ...] = ("JPEG", "PNG")
-    max_pixels: int | None = None
+from robust_api.providers.limits import ImageLimits  # re-exported: the type of every adapter's `limits`
 
 
 @dataclass(frozen=True)
@@ -72,21 +60,6 @@ class Provider(abc.ABC):
         """Release connections; the default has nothing to release."""
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """An HTTP Retry-After header in seconds (delta-seconds or HTTP-date form); None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def base64_chunks(images: list[bytes], max_bytes: int, overhead_per_image: int = 0) -> Iterator[list[bytes]]:
     """Consecutive groups of images whose base64 size (plus `overhead_per_image` each) stays under max_bytes;
     an image larger than that on its own still forms a group (the provider then answers for it)."""
@@ -119,9 +92,6 @@ def answer_in_chunks(
             out.extend([exc] * (total - len(out)))
             break
     return out
-
-
-PROVIDER_NAMES = ("azure", "google", "aws", "clarifai", "local")
 
 
 @dataclass

@@ -45,15 +45,15 @@ from robust_api.errors import (
     ProviderError,
     RetryableProviderError,
 )
-from robust_api.images import CLARIFAI_LIMITS
 from robust_api.providers.base import (
     Pricing,
     Provider,
     ProviderResponse,
     answer_in_chunks,
     base64_chunks,
-    parse_retry_after,
 )
+from robust_api.providers.limits import ImageLimits
+from robust_api.providers.wire import EMULATOR_KEY, retry_after_from_headers
 
 PAT_ENV = "CLARIFAI_PAT"
 AUTH_HINT = f"set {PAT_ENV} to a Clarifai personal access token"
@@ -137,7 +137,10 @@ class ClarifaiProvider(Provider):
 
     name = "clarifai"
     max_batch = 128
-    limits = CLARIFAI_LIMITS
+    # < 20 MB (read as decimal megabytes, the stricter reading), <= 85 Mpixel.
+    limits = ImageLimits(
+        max_bytes=20_000_000 - 1, max_pixels=85_000_000, formats=("JPEG", "PNG", "TIFF", "BMP", "WEBP", "GIF")
+    )
     default_rate_per_s = 15.0  # "exceeded limit of 15 requests per second" on all plans (providers.md s.4)
     pricing = Pricing(
         1.20,
@@ -191,8 +194,6 @@ class ClarifaiProvider(Provider):
     @classmethod
     def for_emulator(cls, url: str, **options: Any) -> "ClarifaiProvider":
         """An adapter pointed at a local ClarifaiEmulator, with its default PAT (EMULATOR_KEY)."""
-        from robust_api.providers.emulator.base import EMULATOR_KEY
-
         options.setdefault("pat", EMULATOR_KEY)
         return cls(endpoint=url, **options)
 
@@ -296,7 +297,7 @@ class ClarifaiProvider(Provider):
         message = self._redact(self._describe(status, code))
         if kind == "auth":
             message = f"{message} ({AUTH_HINT})"
-        retry_after = parse_retry_after(self._last_http.headers.get("Retry-After")) if kind in RETRYABLE_KINDS else None
+        retry_after = retry_after_from_headers(self._last_http.headers) if kind in RETRYABLE_KINDS else None
         return _error(kind, message, request_id=request_id, status=self._last_http.status, retry_after_s=retry_after)
 
     # -- transport failures ------------------------------------------------------------------------
@@ -338,3 +339,6 @@ def _make_session(timeout_s: float, pool_size: int) -> Any:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+CLARIFAI_LIMITS = ClarifaiProvider.limits  # kept importable under its old name (tests use it)

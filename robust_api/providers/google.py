@@ -29,15 +29,15 @@ from robust_api.errors import (
     ProviderError,
     RetryableProviderError,
 )
-from robust_api.images import GOOGLE_LIMITS
 from robust_api.providers.base import (
     Pricing,
     Provider,
     ProviderResponse,
     answer_in_chunks,
     base64_chunks,
-    parse_retry_after,
 )
+from robust_api.providers.limits import MiB, ImageLimits
+from robust_api.providers.wire import EMULATOR_KEY, retry_after_from_headers
 
 API_KEY_ENV = "GOOGLE_API_KEY"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
@@ -84,7 +84,11 @@ class GoogleProvider(Provider):
 
     name = "google"
     max_batch = 16
-    limits = GOOGLE_LIMITS
+    # 20 MB per image but 10 MB per JSON request, and base64 adds 4/3: one image must stay under ~7.5 MB raw to
+    # be sendable at all (`classify` also keeps a whole batch's base64 under MAX_REQUEST_JSON_BYTES).
+    limits = ImageLimits(
+        max_bytes=7 * MiB, max_side_px=16_000, max_pixels=75_000_000, formats=("JPEG", "PNG", "GIF", "BMP", "WEBP")
+    )
     # Default quota 1,800 requests/min per project (third-party summary of the quotas page; providers.md s.2).
     default_rate_per_s = 30.0
     pricing = Pricing(
@@ -150,8 +154,6 @@ class GoogleProvider(Provider):
     @classmethod
     def for_emulator(cls, url: str, **options: Any) -> "GoogleProvider":
         """An adapter pointed at a local GoogleEmulator, sending its default key (EMULATOR_KEY) as an API key."""
-        from robust_api.providers.emulator.base import EMULATOR_KEY
-
         if not options.get("anonymous") and options.get("credentials") is None:
             options.setdefault("api_key", EMULATOR_KEY)
         return cls(endpoint=url, **options)
@@ -253,7 +255,7 @@ class GoogleProvider(Provider):
         metadata = exc.metadata or {}
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None) or {}
-        retry_after = parse_retry_after(headers.get("Retry-After"))
+        retry_after = retry_after_from_headers(headers)
         request_id = headers.get("x-request-id") or headers.get("X-Goog-Request-Id")
         kw = {"status": status, "request_id": request_id}
         if reason in _AUTH_REASONS or isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):
@@ -270,3 +272,6 @@ class GoogleProvider(Provider):
         if isinstance(exc, gexc.ClientError):  # 400 INVALID_ARGUMENT, 404, 413 ...
             return _error("bad_request", message, **kw)
         return _error("server", message, retry_after_s=retry_after, **kw)
+
+
+GOOGLE_LIMITS = GoogleProvider.limits  # kept importable under its old name (tests use it)

@@ -15,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+import io
 import math
 import threading
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from robust_api.errors import ConfigError, ImageError, PermanentProviderError, ProviderError
-from robust_api.images import LOCAL_LIMITS, MAX_IMAGE_PIXELS, decode_rgb, from_uint8
+from robust_api.classifiers import DEFAULT_MODEL, TorchClassifier, imagenet_classifier
+from robust_api.errors import ConfigError, PermanentProviderError, ProviderError
 from robust_api.providers.base import Pricing, Provider, ProviderResponse
-
-DEFAULT_MODEL = "efficientnet-lite0"
+from robust_api.providers.limits import MAX_IMAGE_PIXELS, ImageLimits, MiB
 
 
 def module_version(module: Any, name: str) -> str:
@@ -72,7 +73,8 @@ class LocalProvider(Provider):
 
     name = "local"
     max_batch = 64
-    limits = LOCAL_LIMITS
+    # In-process: only the decoder's own decompression-bomb guard applies.
+    limits = ImageLimits(max_bytes=256 * MiB, max_side_px=65_000, max_pixels=MAX_IMAGE_PIXELS, formats=("PNG", "JPEG"))
     default_rate_per_s = 1_000_000.0  # no quota: the CPU is the only limit
     pricing = Pricing(0.0, "n/a", "runs on this machine")
     credential_hint = "none: the local provider runs in-process"
@@ -103,8 +105,6 @@ class LocalProvider(Provider):
             model = _resolve(model)
         self._classifier = None
         self._callable: Callable[[Any], Any] | None = None
-        from robust_api.providers.emulator.labeller import TorchClassifier, imagenet_classifier
-
         if model is None:
             self._classifier = imagenet_classifier()
             self.model_name = model_name or DEFAULT_MODEL
@@ -147,8 +147,8 @@ class LocalProvider(Provider):
         decoded: list[tuple[int, Image.Image]] = []
         for i, data in enumerate(images):
             try:
-                decoded.append((i, decode_rgb(data, max_pixels=self.limits.max_pixels or MAX_IMAGE_PIXELS)))
-            except ImageError as exc:
+                decoded.append((i, decode_upload(data, max_pixels=self.limits.max_pixels or MAX_IMAGE_PIXELS)))
+            except ValueError as exc:
                 results[i] = PermanentProviderError(self.name, "invalid_image", str(exc))
         if decoded:
             with self._lock:
@@ -163,7 +163,7 @@ class LocalProvider(Provider):
         assert self._callable is not None
         out = []
         for image in images:
-            arg = from_uint8(np.asarray(image)) if self._input == "array" else image
+            arg = np.asarray(image, dtype=np.float32) / np.float32(255.0) if self._input == "array" else image
             pairs = _scored(self._callable(arg), self.model_name)
             pairs.sort(key=lambda pair: -pair[1])  # stable: ties keep the model's own order
             out.append(pairs[: self.top_k])
@@ -182,3 +182,38 @@ def _is_torch_module(obj: Any) -> bool:
     except ImportError:
         return False
     return isinstance(obj, torch.nn.Module)
+
+
+def decode_upload(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Uploaded bytes -> 8-bit RGB PIL image, decoded as a server would; ValueError saying why for bytes that
+    are not a readable image or have more than `max_pixels` pixels.
+
+    For the PNG/JPEG RGB bytes the engine sends this is plain decoding. Other uploads get the conversions the
+    engine's own loader makes: first frame, EXIF orientation applied, alpha (or palette transparency)
+    composited on white, anything else converted to RGB by Pillow.
+    """
+    if not data:
+        raise ValueError("empty upload (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own guard applies below
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > max_pixels:
+                raise ValueError(f"{image.width}x{image.height} exceeds the {max_pixels:,} pixel limit")
+            image.seek(0)
+            image.load()
+    except ValueError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bytes that are not a readable image
+        raise ValueError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("P", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return image.convert("RGB")
+
+
+LOCAL_LIMITS = LocalProvider.limits  # kept importable under its old name (tests use it)

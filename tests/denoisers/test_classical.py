@@ -18,7 +18,7 @@ from robust_api.denoisers.classical import TVDenoiser, parse_classical
 from robust_api.denoisers.registry import denoiser_identity, load_denoiser
 from robust_api.denoisers.speed import denoise_numpy, optimize_for_inference
 from robust_api.errors import ConfigError
-from robust_api.providers import emulator_class
+from robust_api.providers.emulator import emulator_class
 from robust_api.providers.emulator.base import EMULATOR_KEY
 from robust_api.query_logs import read_log
 

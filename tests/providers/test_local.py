@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from robust_api.errors import ConfigError, PermanentProviderError
-from robust_api.images import LOCAL_LIMITS, encode_for
+from robust_api.images import encode_for
 from robust_api.providers.base import ProviderResponse
-from robust_api.providers.local import LocalProvider, module_version
+from robust_api.providers.local import LOCAL_LIMITS, LocalProvider, module_version
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -208,3 +208,22 @@ def test_registry_builds_the_local_provider():
 
     provider = make_provider("local", top_k=3)
     assert isinstance(provider, LocalProvider) and provider.top_k == 3
+
+
+def test_uploads_decode_like_a_server_without_the_engine():
+    from robust_api.providers.local import decode_upload
+
+    clear = Image.new("RGBA", (4, 4), (200, 10, 10, 0))  # fully transparent red: composited on white
+    buffer = io.BytesIO()
+    clear.save(buffer, format="PNG")
+    assert decode_upload(buffer.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+    grey = io.BytesIO()
+    Image.new("L", (3, 2), 77).save(grey, format="PNG")
+    decoded = decode_upload(grey.getvalue())
+    assert decoded.mode == "RGB" and decoded.size == (3, 2) and decoded.getpixel((2, 1)) == (77, 77, 77)
+    with pytest.raises(ValueError, match="pixel limit"):
+        decode_upload(png(solid((1, 2, 3), size=20)), max_pixels=399)
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_upload(b"GIF89a garbage")
+    with pytest.raises(ValueError, match="empty"):
+        decode_upload(b"")

@@ -21,10 +21,12 @@ from typing import Callable, Iterator, Sequence
 from aiohttp import web
 from PIL import Image
 
+# Wire facts shared with the adapters come from the providers side (never the reverse); EMULATOR_KEY is
+# re-exported here for callers that import it with the knobs.
+from robust_api.providers.wire import EMULATOR_KEY, format_retry_after
+
 # A labeller maps one decoded RGB image to its labels, best first, scores in [0, 1].
 Labeller = Callable[[Image.Image], Sequence[tuple[str, float]]]
-
-EMULATOR_KEY = "emulator-key"  # the credential the emulators expect by default; not a secret
 
 
 @dataclass
@@ -199,7 +201,7 @@ class Emulator(abc.ABC):
 
     def with_retry_after(self, response: web.StreamResponse) -> web.StreamResponse:
         if self.knobs.retry_after_s is not None:
-            response.headers["Retry-After"] = f"{self.knobs.retry_after_s:g}"
+            response.headers["Retry-After"] = format_retry_after(self.knobs.retry_after_s)
         return response
 
     # -- serving -----------------------------------------------------------------------------------
