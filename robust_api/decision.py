@@ -517,3 +517,14 @@ def rule_from_spec(spec: str) -> Callable[..., str]:
 def decide(response: Mapping[str, Any], rule: Callable[..., str] | None = None, provider: str | None = None) -> str:
     """The label `rule` (default Top1) gives `response`; raises ResponseFormatError for a malformed response."""
     return (rule or Top1())(response, provider)
+
+
+def resolve_rule(rule: "str | Callable[..., str] | None") -> Callable[..., str]:
+    """A decision rule from a spec ("top1", "vocab:PATH", "present:LABEL[:T]") or a callable; None -> top1."""
+    if rule is None:
+        return rule_from_spec("top1")
+    if isinstance(rule, str):
+        return rule_from_spec(rule)
+    if not callable(rule):
+        raise ConfigError(f"a decision rule must be a spec string or a callable, got {type(rule).__name__}")
+    return rule

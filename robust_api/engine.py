@@ -9,7 +9,6 @@ rerun pays for nothing already logged.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from typing import Any, Callable, Sequence
@@ -18,47 +17,23 @@ import numpy as np
 
 from robust_api import smoothing
 from robust_api.dispatch import CallOutcome, Dispatcher, RunStats
-from robust_api.errors import ConfigError, PermanentProviderError
+from robust_api.errors import PermanentProviderError
 from robust_api.images import LoadedImage, encode_for, to_uint8
+from robust_api.modes import CertifyParams, Samples, get_mode
 from robust_api.noise import noisy_copies
 from robust_api.providers.base import Provider
 from robust_api.query_logs import SCHEMA_VERSION, LogIndex, QueryLogWriter, QueryRecord, sample_key
-from robust_api.results import ABSTAIN, Certificate, Prediction
+from robust_api.results import ABSTAIN, Certificate, Prediction, certificate_from_verdict
 
-MODES = ("fixed", "clean", "sequential")
-
-
-@dataclasses.dataclass(frozen=True)
-class CertifyParams:
-    """What a certification run needs. `n0` is unused by modes 'clean' and 'sequential' (the candidate is
-    the clean-image label); `max_queries`/`target_radius` are used by 'sequential' only."""
-
-    sigma: float
-    n0: int = 20
-    n: int = 100
-    alpha: float = 0.001
-    mode: str = "fixed"
-    seed: int = 0
-    max_queries: int | None = None
-    target_radius: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if not self.sigma > 0:
-            raise ConfigError("sigma must be > 0")
-        if not 0 < self.alpha < 1:
-            raise ConfigError("alpha must be in (0, 1)")
-        if self.n < 1 or self.n0 < 0 or (self.mode == "fixed" and self.n0 < 1):
-            raise ConfigError("n must be >= 1 and n0 >= 1 in fixed mode")
-
+__all__ = ["CertifyParams", "Engine"]  # CertifyParams lives in robust_api.modes; importable here as before
 
 class Engine:
     """Certify and predict images against one provider.
 
     rule(response, provider) -> label is the decision rule; `log` (optional) receives every new response;
-    `index` holds what is already logged (a cache hit is never sent again). `denoiser` is a torch module
-    mapping NCHW float images in [0, 1] to the same; `denoiser_id` ({"name", "sha256"}) enters the cache key.
+    `index` holds what is already logged (a cache hit is never sent again). `denoiser` is a ServedDenoiser
+    (module + identity, see denoisers.registry.serve_denoiser) or a bare torch module mapping NCHW float images
+    in [0, 1] to the same, identified then by `denoiser_id` ({"name", "sha256"}); the identity enters the cache key.
     """
 
     def __init__(
@@ -79,11 +54,16 @@ class Engine:
         self.rule = rule
         self.log = log
         self.index = index if index is not None else LogIndex()
+        identity = getattr(denoiser, "identity", None)
+        if identity is not None:  # a ServedDenoiser
+            denoiser, denoiser_id = denoiser.module, identity.as_log()
+            precision = identity.precision
+        else:
+            precision = getattr(denoiser, "denoiser_precision", None) if denoiser is not None else None
         self.denoiser = denoiser
         self.denoiser_id = denoiser_id if denoiser is not None else None
         # informational (not part of the cache key): the precision the denoiser was served in, see denoisers/speed.py
-        precision = getattr(denoiser, "denoiser_precision", None) if denoiser is not None else None
-        self._denoiser_notes = {"denoiser_precision": precision} if precision else {}
+        self._denoiser_notes = {"denoiser_precision": precision} if precision and denoiser is not None else {}
         self.denoise_batch = max(1, denoise_batch)
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.settings = provider.settings()
@@ -205,11 +185,12 @@ class Engine:
         return [self._label(r.response) for r in records]
 
     # -- statistics over samples -----------------------------------------------------------------
-    async def certify(self, image: LoadedImage, params: CertifyParams) -> Certificate:
-        """Certify one image (see robust_api.smoothing for each mode's guarantee). A provider's invalid-image
-        error is re-raised naming the image."""
+    async def certify(self, image: LoadedImage, params: CertifyParams, position: int | None = None) -> Certificate:
+        """Certify one image in `params.mode` (robust_api.modes: each mode's guarantee). `position` (the image's
+        place in the caller's input, logged in `extra`) lets replay give the rows in input order. A provider's
+        invalid-image error is re-raised naming the image."""
         try:
-            return await self._certify(image, params)
+            return await self._certify(image, params, position)
         except PermanentProviderError as exc:
             if exc.kind != "invalid_image":
                 raise
@@ -218,79 +199,64 @@ class Engine:
                 request_id=exc.request_id, status=exc.status,
             ) from None
 
-    async def _certify(self, image: LoadedImage, params: CertifyParams) -> Certificate:
+    async def _certify(self, image: LoadedImage, params: CertifyParams, position: int | None) -> Certificate:
         started = time.perf_counter()
+        mode = get_mode(params.mode)
+        logged = mode.log_extra(params)
+        options = mode.options(params)
+        looks, n_selection = mode.looks(params), mode.selection_size(params)
+        extra = {**logged, **({"position": position} if position is not None else {})}
         tally: dict[str, int] = {}
-        extra = {"mode": params.mode, "alpha": params.alpha}
-        counts_selection: dict[str, int] = {}
-        p_lower = None
+        sigma, seed = params.sigma, params.seed
         # The clean query goes first, alone: an image the provider rejects (format, size) then costs one call,
         # not 1 + n0 + n. Other images' samples keep the dispatcher busy meanwhile (certify_all).
-        clean_label = self.labels(await self.responses(image, "clean", [0], params.sigma, params.seed, extra, tally))[0]
-        if params.mode == "fixed":
-            # Selection and estimation samples are independent draws: request them all at once.
-            selection, estimation = await _gather(
-                self.responses(image, "selection", range(params.n0), params.sigma, params.seed, extra, tally),
-                self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra, tally),
-            )
-            counts_selection = count_labels(self.labels(selection))
-            counts_estimation = count_labels(self.labels(estimation))
-            label, radius = smoothing.certify(counts_selection, counts_estimation, params.sigma, params.alpha)
-            candidate = smoothing.top_label(counts_selection) if counts_selection else None
-        elif params.mode == "clean":
-            candidate = clean_label
-            estimation = await self.responses(image, "estimation", range(params.n), params.sigma, params.seed, extra, tally)
-            counts_estimation = count_labels(self.labels(estimation))
-            label, radius = smoothing.certify_with_candidate(candidate, counts_estimation, params.sigma, params.alpha)
-        else:
-            candidate = clean_label
-            label, radius, counts_estimation, plan = await self._certify_sequential(image, candidate, params, tally)
-            extra = {**extra, "plan": plan}
-        n_est = sum(counts_estimation.values())
-        if candidate is not None and n_est:
-            p_lower = smoothing.lower_confidence_bound(counts_estimation.get(candidate, 0), n_est, params.alpha)
-        return Certificate(
-            image=image.sha256,
-            name=image.name,
-            label=None if label == ABSTAIN else label,
-            radius_l2=float(radius),
-            sigma=params.sigma,
-            alpha=params.alpha,
-            mode=params.mode,
-            clean_label=clean_label,
-            p_lower=p_lower,
-            counts_selection=counts_selection,
-            counts_estimation=counts_estimation,
-            calls_paid=tally.get("paid", 0),
-            cache_hits=tally.get("hits", 0),
-            seconds=time.perf_counter() - started,
-            extra=extra,
+        clean_label = self.labels(await self.responses(image, "clean", [0], sigma, seed, extra, tally))[0]
+        selection: list[QueryRecord] = []
+        estimation: list[QueryRecord] = []
+        verdict = None
+        for look in looks:
+            wanted = range(len(estimation), look)
+            if look == looks[0] and n_selection:
+                # Selection and estimation samples are independent draws: request them all at once.
+                selection, est_records = await _gather(
+                    self.responses(image, "selection", range(n_selection), sigma, seed, extra, tally),
+                    self.responses(image, "estimation", wanted, sigma, seed, extra, tally),
+                )
+            else:
+                est_records = await self.responses(image, "estimation", wanted, sigma, seed, extra, tally)
+            estimation += est_records
+            verdict = mode.certify(options, sigma, Samples(clean_label, self.labels(selection), self.labels(estimation)))
+            if verdict.complete:
+                break
+        assert verdict is not None and verdict.complete  # the last look always decides
+        used = selection + estimation[: verdict.n_estimation_used]
+        return certificate_from_verdict(
+            verdict, image=image.sha256, name=image.name, sigma=sigma, mode=mode.name, clean_label=clean_label,
+            calls_paid=tally.get("paid", 0), cache_hits=tally.get("hits", 0),
+            # provider time of the samples used, as logged: the TSV "time" column replay reproduces exactly
+            seconds=provider_seconds(used), extra={**logged, "wall_seconds": time.perf_counter() - started},
         )
 
-    async def _certify_sequential(self, image: LoadedImage, candidate: str, params: CertifyParams, tally: dict):
-        """Draw estimation samples in rounds (one concurrent round per look of the plan) until the plan
-        certifies or abstains; see robust_api.sequential for why any stopping time keeps the guarantee."""
-        plan = sequential_plan(params)
-        plan_dict = plan.to_dict()
-        extra = {"mode": "sequential", "alpha": params.alpha, "plan": plan_dict}
-        labels: list[str] = []
-        decision = None
-        for look in plan.looks:
-            records = await self.responses(image, "estimation", range(len(labels), look), params.sigma, params.seed, extra, tally)
-            labels += self.labels(records)
-            decision = plan.decide(look, sum(1 for label in labels if label == candidate), candidate)
-            if decision.done:
-                break
-        assert decision is not None and decision.done  # the last look always decides
-        label = decision.label if decision.action == "certify" else ABSTAIN
-        return label, decision.radius, count_labels(labels), plan_dict
+    async def sample_prediction(
+        self, image: LoadedImage, n: int, sigma: float, alpha: float | None, seed: int | None = None
+    ) -> tuple[Prediction, list[QueryRecord]]:
+        """The smoothed prediction over n noisy samples and their records: the majority label when alpha is None,
+        else Cohen's PREDICT at level alpha (abstain = label None). seed=None draws fresh noise (no cache)."""
+        records = await self.responses(image, "estimation", range(n), sigma, seed, {"mode": "predict"})
+        counts = smoothing.count_labels(self.labels(records))
+        label = smoothing.smoothed_prediction(counts, alpha)
+        prediction = Prediction(label=None if label == ABSTAIN else label, counts=counts, alpha=alpha if alpha is not None else 0.0,
+                                image=image.sha256, name=image.name)
+        return prediction, records
 
     async def predict(self, image: LoadedImage, n: int, sigma: float, alpha: float, seed: int | None = None) -> Prediction:
         """Smoothed prediction by majority vote over n noisy samples (binomial-test abstain at level alpha)."""
-        records = await self.responses(image, "estimation", range(n), sigma, seed, {"mode": "predict"})
-        counts = count_labels(self.labels(records))
-        label = smoothing.predict(counts, alpha)
-        return Prediction(label=None if label == ABSTAIN else label, counts=counts, alpha=alpha, image=image.sha256, name=image.name)
+        return (await self.sample_prediction(image, n, sigma, alpha, seed))[0]
+
+
+def provider_seconds(records: Sequence[QueryRecord]) -> float:
+    """Provider time of the samples, in seconds, summed in the order given from the logged latencies."""
+    return sum(r.latency_ms for r in records if r.latency_ms is not None) / 1000.0
 
 
 async def _gather(*aws):
@@ -300,22 +266,3 @@ async def _gather(*aws):
         if isinstance(result, BaseException):
             raise result
     return results
-
-
-def sequential_plan(params: CertifyParams):
-    """The plan of looks for a sequential run: budget `max_queries` (default n0 + n, what fixed mode spends)."""
-    from robust_api.sequential import SequentialPlan
-
-    budget = params.max_queries if params.max_queries is not None else params.n0 + params.n
-    try:
-        return SequentialPlan(budget, params.alpha, params.sigma, params.target_radius)
-    except ValueError as exc:
-        raise ConfigError(f"sequential plan: {exc}") from None
-
-
-def count_labels(labels: Sequence[str]) -> dict[str, int]:
-    """How many times each label occurs."""
-    counts: dict[str, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    return counts

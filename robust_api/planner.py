@@ -93,11 +93,16 @@ def min_calls_for_radius(radius: float, sigma: float, alpha: float, agreement: f
 
 
 def calls_per_image(n: int, mode: str = "fixed", n0: int = 20) -> int:
-    """Provider calls per image for a fixed budget: the clean query, plus N0 selection samples in "fixed"
-    mode, plus n estimation samples ("clean"; for "sequential" this is the worst case, max_queries = n)."""
-    if mode not in ("fixed", "clean", "sequential"):
-        raise ValueError(f"unknown mode {mode!r}")
-    return 1 + n + (n0 if mode == "fixed" else 0)
+    """Provider calls per image for a fixed budget, from the mode registry (robust_api.modes): the clean query,
+    plus N0 selection samples in "fixed" mode, plus n estimation samples ("sequential": the worst case,
+    max_queries = n). ValueError for an unknown mode."""
+    from robust_api.errors import ConfigError
+    from robust_api.modes import get_mode
+
+    try:
+        return get_mode(mode).calls_per_image(n, n0)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def cost_usd(calls: float, price_per_1000_usd: float, images: int = 1) -> float:

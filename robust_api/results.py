@@ -56,6 +56,40 @@ class Certificate:
         return (ABSTAIN, 0.0) if self.label is None else (self.label, self.radius_l2)
 
 
+def certificate_from_verdict(
+    verdict: Any,
+    *,
+    image: str,
+    name: str,
+    sigma: float,
+    mode: str,
+    clean_label: str | None,
+    calls_paid: int = 0,
+    cache_hits: int = 0,
+    seconds: float = 0.0,
+    extra: Mapping[str, Any] | None = None,
+) -> Certificate:
+    """The one place a Certificate is built: from a mode's Verdict (robust_api.modes) and where it came from.
+    The certificate's alpha is the verdict's (a sequential plan's alpha, whatever was asked)."""
+    return Certificate(
+        image=image,
+        name=name,
+        label=None if verdict.label == ABSTAIN else verdict.label,
+        radius_l2=float(verdict.radius),
+        sigma=sigma,
+        alpha=verdict.alpha,
+        mode=mode,
+        clean_label=clean_label,
+        p_lower=verdict.p_lower,
+        counts_selection=dict(verdict.counts_selection),
+        counts_estimation=dict(verdict.counts_estimation),
+        calls_paid=calls_paid,
+        cache_hits=cache_hits,
+        seconds=seconds,
+        extra={**(extra or {}), **verdict.extra},
+    )
+
+
 @dataclass
 class Prediction:
     """A smoothed prediction (no radius): `label` is None when the binomial test abstains."""

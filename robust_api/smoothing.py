@@ -6,10 +6,11 @@ The sequential (early-stopping) procedures live in `robust_api.sequential`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from scipy.stats import beta, binomtest, norm
 
@@ -24,6 +25,8 @@ __all__ = [
     "certify",
     "certify_with_candidate",
     "predict",
+    "count_labels",
+    "smoothed_prediction",
 ]
 
 
@@ -70,7 +73,12 @@ def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
     `proportion_confint(k, n, alpha=2*alpha, method="beta")[0]`; 0.0 when k == 0 (including n == 0).
     """
     k, n = _check_k_n(k, n)
-    alpha = _check_alpha(alpha)
+    return _lower_bound(k, n, _check_alpha(alpha))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _lower_bound(k: int, n: int, alpha: float) -> float:
+    # Memoised: a replay of 10^6 images at n = 100 needs at most 101 beta quantiles per alpha.
     if k == 0:
         return 0.0
     return float(beta.ppf(alpha, k, n - k + 1))
@@ -87,6 +95,14 @@ def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
     if k == n:
         return 1.0
     return float(beta.isf(alpha, k + 1, n - k))
+
+
+def count_labels(labels: Iterable[str]) -> dict[str, int]:
+    """How many times each label occurs, in order of first occurrence."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def top_label(counts: Mapping[str, int]) -> str:
@@ -167,3 +183,11 @@ def predict(counts: Mapping[str, int], alpha: float) -> str | int:
     if binomtest(n_top, n_top + n_second, 0.5).pvalue > alpha:
         return ABSTAIN
     return top
+
+
+def smoothed_prediction(counts: Mapping[str, int], alpha: float | None = None) -> str | int:
+    """The reference's predict: the majority label (top_label; ABSTAIN for no votes) when alpha is None, else
+    Cohen's PREDICT at level alpha (see `predict`)."""
+    if alpha is not None:
+        return predict(counts, alpha)
+    return top_label(counts) if counts and _total(counts, "counts") else ABSTAIN

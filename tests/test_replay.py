@@ -12,6 +12,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 import robust_api.replay
+import robust_api.replay.reading
 from robust_api.errors import ConfigError, LogError
 from robust_api.query_logs import QueryLogWriter, QueryRecord, import_legacy
 from robust_api.replay import certify_responses, predict_responses, replay, replay_records
@@ -265,8 +266,8 @@ def test_parallel_reading_gives_exactly_the_sequential_result(tmp_path, monkeypa
         for r in [record(0, "estimation", "dog", image="img-001"), record(5, "selection", "cat", image="img-000", sigma=0.5)]:
             fh.write(r.to_json_line().encode())
     serial = replay(path)
-    monkeypatch.setattr(robust_api.replay, "PARALLEL_PIECE_BYTES", 20_000)
-    assert robust_api.replay._fork_context() is not None or threading.active_count() > 1
+    monkeypatch.setattr(robust_api.replay.reading, "PARALLEL_PIECE_BYTES", 20_000)
+    assert robust_api.replay.reading._fork_context() is not None or threading.active_count() > 1
     parallel = replay(path, workers=2)
     assert len(serial) == 30
     assert [(_essence(c), c.extra) for c in parallel] == [(_essence(c), c.extra) for c in serial]
@@ -282,7 +283,7 @@ def test_parallel_reading_reports_file_line_numbers(tmp_path, monkeypatch, caplo
     bad_line = len(lines) - 40
     lines[bad_line - 1] = b'{"schema": 1, "oops"\n'
     path.write_bytes(b"".join(lines))
-    monkeypatch.setattr(robust_api.replay, "PARALLEL_PIECE_BYTES", 20_000)
+    monkeypatch.setattr(robust_api.replay.reading, "PARALLEL_PIECE_BYTES", 20_000)
     with pytest.raises(LogError) as err:
         replay(path, workers=2)
     assert err.value.line == bad_line and err.value.path == str(path)
