@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-from robust_api import smoothing
 from robust_api.decision import rule_from_spec
-from robust_api.dispatch import Dispatcher, RunStats
-from robust_api.engine import CertifyParams, Engine, count_labels
+from robust_api.engine import Engine
 from robust_api.errors import ConfigError
+from robust_api.modes import CertifyParams
 from robust_api.results import ABSTAIN, Certificate, Prediction
+from robust_api.session import Session, SessionConfig, certify_all
 
 
 class RobustAPI:
@@ -62,46 +61,25 @@ class RobustAPI:
         self.rule = rule_from_spec(decision)
         self._closers = contextlib.ExitStack()
         self.emulator = None
-        self._denoiser_spec: str | Path | None = None
-        self._module: Any = None
+        self._session: Session | None = None
+        self._module = None if isinstance(denoiser, (str, Path)) else denoiser
         self._last_engine: Engine | None = None
         if not online:
             return
-        from robust_api.providers import emulator_class, make_provider, provider_for_emulator
-        from robust_api.query_logs import LogIndex, QueryLogWriter
-
-        if provider is None:
-            if emulator:
-                self.emulator = emulator_class(api_name)(labeller=emulator_labeller)
-                url = self._closers.enter_context(self.emulator.running())
-                provider = provider_for_emulator(api_name, url, **provider_options)
-            else:
-                provider = make_provider(api_name, endpoint, **provider_options)
-        self.provider = provider
-        if isinstance(denoiser, (str, Path)):
-            _check_denoiser_spec(denoiser)  # an unknown name or a bad tv:W fails here, not at the first call
-            self._denoiser_spec, denoiser = denoiser, None
-        self._module = denoiser
-        self._engines: dict[float | None, Engine] = {}
-        self._run_id = uuid.uuid4().hex[:12]  # one run for every noise level's engine
-        self._index = LogIndex.from_logs([log]) if log is not None else LogIndex()
-        self._writer = QueryLogWriter(log) if log is not None else None
-        if self._writer is not None:
-            self._closers.callback(self._writer.close)
-        self.stats = RunStats()
+        self._session = Session(SessionConfig(
+            api=api_name, endpoint=endpoint, emulator=emulator, emulator_labeller=emulator_labeller, provider=provider,
+            provider_options=provider_options, denoiser=denoiser, log=log, decision=self.rule, concurrency=concurrency,
+            rate_per_s=rate_per_s, max_attempts=max_attempts, timeout_s=timeout_s,
+        ))
+        self._closers.callback(self._session.close)
+        self.provider = self._session.provider
+        self.emulator = self._session.emulator
+        self.stats = self._session.stats
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="robust-api-loop", daemon=True)
         self._thread.start()
         self._closers.callback(self._stop_loop)
-
-        async def build() -> Dispatcher:  # the dispatcher's semaphore and limiter belong to our loop
-            return Dispatcher(
-                provider, concurrency=concurrency, rate_per_s=rate_per_s, max_attempts=max_attempts,
-                timeout_s=timeout_s, stats=self.stats,
-            )
-
-        self._dispatcher = self._run(build())
-        if self._denoiser_spec is None:
+        if not isinstance(denoiser, (str, Path)):
             self._last_engine = self.engine_for(None)
 
     # -- engines ------------------------------------------------------------------------------------
@@ -110,28 +88,13 @@ class RobustAPI:
 
         A denoiser given by name or path is loaded at that level (`load_denoiser(..., sigma=noise_sd)`), so the
         query log records the denoiser actually used (`tv:w=0.15` at 0.25). A module or no denoiser is the same
-        for every level. ConfigError when a denoiser name needs a noise level and noise_sd is None.
+        for every level. ConfigError offline, or when a denoiser name needs a noise level and noise_sd is None.
         Call it from the caller's thread, never from the background loop.
         """
-        key = None if self._denoiser_spec is None else (None if noise_sd is None else float(noise_sd))
-        engine = self._engines.get(key)
-        if engine is None:
-            denoiser, denoiser_id = self._module, None
-            if self._denoiser_spec is not None or denoiser is not None:
-                from robust_api.denoisers.registry import denoiser_identity, load_denoiser
-                from robust_api.denoisers.speed import best_device
-
-                if self._denoiser_spec is not None:
-                    denoiser = load_denoiser(self._denoiser_spec, device=best_device(), optimize=True, sigma=key)
-                denoiser_id = denoiser_identity(denoiser)
-
-            async def build() -> Engine:
-                return Engine(self.provider, self._dispatcher, self.rule, log=self._writer, index=self._index,
-                              denoiser=denoiser, denoiser_id=denoiser_id, run_id=self._run_id)
-
-            engine = self._engines[key] = self._run(build())
-        self._last_engine = engine
-        return engine
+        if self._session is None:
+            raise ConfigError("offline RobustAPI has no engine")
+        self._last_engine = self._session.engine_for(noise_sd)
+        return self._last_engine
 
     @property
     def engine(self) -> Engine:
@@ -154,7 +117,7 @@ class RobustAPI:
 
     def _stop_loop(self) -> None:
         with contextlib.suppress(Exception):
-            self._run(self.provider.aclose())
+            self._run(self._session.aclose())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
@@ -180,11 +143,9 @@ class RobustAPI:
         if N is None or noise_sd is None:
             raise ConfigError("online predict needs N and noise_sd")
         image = _load(img_or_logs)
-        engine = self.engine_for(noise_sd)
-        records = self._run(engine.responses(image, "estimation", range(N), noise_sd, seed, {"mode": "predict"}))
-        counts = count_labels(engine.labels(records))
-        label = smoothing.predict(counts, alpha) if alpha is not None else smoothing.top_label(counts)
-        return label, counts, [r.response for r in records]
+        prediction, records = self._run(self.engine_for(noise_sd).sample_prediction(image, N, noise_sd, alpha, seed))
+        label = ABSTAIN if prediction.label is None else prediction.label
+        return label, prediction.counts, [r.response for r in records]
 
     def certify(self, img_or_logs: Any, noise_sd: float, N0: int, N: int, alpha: float, *, mode: str = "fixed", **kw: Any):
         """Online: (majority_class, radius, logs); offline: certify(logs, noise_sd, N0, N, alpha) -> (class, radius).
@@ -196,67 +157,33 @@ class RobustAPI:
         image = _load(img_or_logs)
         params = CertifyParams(sigma=noise_sd, n0=N0, n=N, alpha=alpha, mode=mode, seed=self.seed, **kw)
         engine = self.engine_for(noise_sd)
-        cert = self._run(engine.certify(image, params))
-        logs = self._run(self._logs(engine, image, params))
+        assert self._session is not None
+        cert = self._run(engine.certify(image, params, position=self._session.next_positions(1)[0]))
+        logs = self._run(self._logs(engine, image, params, cert))
         label, radius = cert.as_tuple()
         return label, radius, logs
 
-    async def _logs(self, engine: Engine, image, params: CertifyParams) -> list[dict]:
-        # Every sample is in the index by now: this costs nothing.
-        n0 = params.n0 if params.mode == "fixed" else 0
-        sel = await engine.responses(image, "selection", range(n0), params.sigma, params.seed)
-        est = await engine.responses(image, "estimation", range(self._n_spent(engine, image, params)), params.sigma, params.seed)
+    async def _logs(self, engine: Engine, image, params: CertifyParams, cert: Certificate) -> list[dict]:
+        # Every sample the certificate used is in the index by now: this costs nothing.
+        n_selection = sum(cert.counts_selection.values())
+        n_estimation = sum(cert.counts_estimation.values())
+        sel = await engine.responses(image, "selection", range(n_selection), params.sigma, params.seed)
+        est = await engine.responses(image, "estimation", range(n_estimation), params.sigma, params.seed)
         return [r.response for r in sel + est]
-
-    def _n_spent(self, engine: Engine, image, params: CertifyParams) -> int:
-        if params.mode != "sequential":
-            return params.n
-        from robust_api.query_logs import sample_key
-
-        n = 0
-        while sample_key(self.provider.name, engine.settings, image.sha256, params.sigma, engine.denoiser_id, params.seed, n, "estimation") in engine.index:
-            n += 1
-        return n
 
     # -- richer, batch API -----------------------------------------------------------------------------
     def certify_many(self, images: Iterable[Any], noise_sd: float, N0: int = 20, N: int = 100, alpha: float = 0.001, *, mode: str = "fixed", **kw: Any) -> list[Certificate]:
         """Certify many images concurrently; returns Certificate objects in input order."""
         params = CertifyParams(sigma=noise_sd, n0=N0, n=N, alpha=alpha, mode=mode, seed=self.seed, **kw)
         loaded = [_load(x) for x in images]
-        return self._run(certify_all(self.engine_for(noise_sd), loaded, params))
+        engine = self.engine_for(noise_sd)
+        assert self._session is not None
+        positions = self._session.next_positions(len(loaded))
+        return self._run(certify_all(engine, loaded, params, positions=positions))
 
     def predict_smoothed(self, img: Any, N: int, noise_sd: float, alpha: float = 0.001, seed: int | None = None) -> Prediction:
         """A Prediction object (label None when the binomial test abstains)."""
         return self._run(self.engine_for(noise_sd).predict(_load(img), N, noise_sd, alpha, seed))
-
-
-async def certify_all(engine: Engine, images: Sequence[Any], params: CertifyParams, max_images_in_flight: int = 4, on_done=None) -> list[Certificate]:
-    """Certify images with a few in flight at once (the dispatcher caps provider calls); input order kept.
-    Every image runs to completion or failure before the first failure is raised, so nothing paid is lost."""
-    gate = asyncio.Semaphore(max_images_in_flight)
-
-    async def one(image):
-        async with gate:
-            cert = await engine.certify(image, params)
-            if on_done is not None:
-                on_done(cert)
-            return cert
-
-    results = await asyncio.gather(*(one(im) for im in images), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return list(results)
-
-
-def _check_denoiser_spec(spec: str | Path) -> None:
-    """CheckpointError/ConfigError now for a denoiser name or path that could not load at any noise level."""
-    from robust_api.denoisers.classical import parse_classical
-    from robust_api.denoisers.registry import resolve_path
-
-    if isinstance(spec, str) and (spec.strip() == "tv" or parse_classical(spec, None) is not None):
-        return
-    resolve_path(spec)
 
 
 def _load(img: Any):

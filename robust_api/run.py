@@ -1,21 +1,21 @@
 """A certification run as the CLI and the demo perform it: images -> certificates -> results TSV + summary.
 
-Builds the provider (or starts its emulator in-process), the dispatcher, the engine and the query log, then
-certifies the images with a live progress display (images, billable calls, cache hits, retries, estimated
-cost). Library errors propagate as typed RobustAPIError; the CLI turns them into one line.
+Its parts (provider or in-process emulator, dispatcher, query log, denoiser) come from the one composition
+root, `robust_api.session`; this module certifies the images with progress callbacks (images, billable calls,
+cache hits, retries) and writes the results TSV. Library errors propagate as typed RobustAPIError; the CLI turns them into one line.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from robust_api.dispatch import Dispatcher, RunStats
-from robust_api.engine import CertifyParams, Engine
+from robust_api.dispatch import RunStats
 from robust_api.errors import ProviderError
+from robust_api.modes import CertifyParams
 from robust_api.results import Certificate, write_results_tsv
+from robust_api.session import Session, SessionConfig
 
 
 @dataclass
@@ -39,6 +39,14 @@ class RunConfig:
     provider_options: dict[str, Any] = field(default_factory=dict)
     fsync: bool = True
 
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(
+            api=self.api, endpoint=self.endpoint, emulator=self.emulator, emulator_knobs=self.emulator_knobs,
+            provider_options=dict(self.provider_options), denoiser=self.denoiser, log=self.log, fsync=self.fsync,
+            decision=self.decision, concurrency=self.concurrency, rate_per_s=self.rate_per_s, burst=self.burst,
+            max_attempts=self.max_attempts, timeout_s=self.timeout_s,
+        )
+
 
 @dataclass
 class RunResult:
@@ -59,65 +67,38 @@ def run_certification(
 
     progress(event, stats, images_done) is called after each image ("image") and at the end ("done").
     """
-    from robust_api.decision import rule_from_spec
     from robust_api.images import LoadedImage, load_image
-    from robust_api.providers import emulator_class, make_provider, provider_for_emulator
-    from robust_api.query_logs import LogIndex, QueryLogWriter
 
-    rule = rule_from_spec(config.decision)
     loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
-    denoiser, denoiser_id = _denoiser(config.denoiser, config.params.sigma)
-    with contextlib.ExitStack() as stack:
-        emulator = None
-        if config.emulator and config.api != "local":
-            emulator = emulator_class(config.api)(knobs=config.emulator_knobs)
-            url = stack.enter_context(emulator.running())
-            provider = provider_for_emulator(config.api, url, **config.provider_options)
-        else:
-            provider = make_provider(config.api, config.endpoint, **config.provider_options)
-        index = LogIndex.from_logs([config.log]) if config.log else LogIndex()
-        writer = stack.enter_context(QueryLogWriter(config.log, fsync=config.fsync)) if config.log else None
-        stats = RunStats()
+    with Session(config.session_config()) as session:
+        session.engine_for(config.params.sigma)  # load the denoiser before the clock of the first call starts
+        done = 0
+
+        def on_done(cert: Certificate) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress("image", session.stats, done)
 
         async def main() -> list[Certificate]:
-            dispatcher = Dispatcher(
-                provider,
-                concurrency=config.concurrency,
-                rate_per_s=config.rate_per_s,
-                burst=config.burst,
-                max_attempts=config.max_attempts,
-                timeout_s=config.timeout_s,
-                stats=stats,
-            )
-            engine = Engine(provider, dispatcher, rule, log=writer, index=index, denoiser=denoiser, denoiser_id=denoiser_id)
-            done = 0
-
-            def on_done(cert: Certificate) -> None:
-                nonlocal done
-                done += 1
-                if progress is not None:
-                    progress("image", stats, done)
-
-            from robust_api.api import certify_all
-
             try:
-                return await certify_all(engine, loaded, config.params, on_done=on_done)
+                return await session.certify_all(loaded, config.params, on_done=on_done)
             finally:
-                await provider.aclose()
+                await session.aclose()
 
         try:
             certificates = asyncio.run(main())
         except ProviderError as exc:
-            raise _with_next_step(exc, config, stats) from None
+            raise _with_next_step(exc, config, session.stats) from None
         if progress is not None:
-            progress("done", stats, len(certificates))
+            progress("done", session.stats, len(certificates))
         if config.out is not None:
             write_results_tsv(config.out, certificates)
         return RunResult(
             certificates=certificates,
-            stats=stats,
-            price_usd_per_1000=provider.pricing.usd_per_1000,
-            emulator_requests=emulator.stats.requests if emulator is not None else None,
+            stats=session.stats,
+            price_usd_per_1000=session.provider.pricing.usd_per_1000,
+            emulator_requests=session.emulator.stats.requests if session.emulator is not None else None,
         )
 
 
@@ -142,16 +123,3 @@ def _with_next_step(exc: ProviderError, config: RunConfig, stats: RunStats) -> P
         return exc
     return type(exc)(exc.provider, exc.kind, f"{exc.reason}; {'; '.join(steps)}", request_id=exc.request_id,
                      status=exc.status, retry_after_s=exc.retry_after_s)
-
-
-def _denoiser(spec: str | None, sigma: float):
-    """The denoiser module (optimised, on the best device) and its log identity for `spec` at certification
-    noise level `sigma` (`tv` takes its weight from it, `ffdnet-color` its noise-level input); (None, None) for none."""
-    if spec is None or spec in ("", "none"):
-        return None, None
-    from robust_api.denoisers.registry import denoiser_identity, load_denoiser
-    from robust_api.denoisers.speed import best_device
-
-    # Folded BatchNorm + channels_last: same outputs within 1e-4, ~1.9x faster on CPU (benchmarks/denoiser.py).
-    module = load_denoiser(spec, device=best_device(), optimize=True, sigma=sigma)
-    return module, denoiser_identity(module)

@@ -250,7 +250,7 @@ def show_cmd(
     from robust_api.denoisers.show import denoiser_grid
     from robust_api.denoisers.surrogates import load_surrogate
     from robust_api.images import load_image
-    from robust_api.providers.emulator.labeller import imagenet_names
+    from robust_api.classifiers import imagenet_names
 
     try:
         loaded = [load_image(path) for path in images]

@@ -206,3 +206,71 @@ def state_dict_sha256(module: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
+
+
+# -- a denoiser as served: the module and its identity, side by side -------------------------------------------
+
+# A denoiser certifying at a noise level this far (relative) from the one it was trained at is likely a mistake.
+SIGMA_MISMATCH = 0.2
+
+
+@dataclass(frozen=True)
+class DenoiserIdentity:
+    """What a certification run records about its denoiser: `name` and `sha256` (the query logs' `denoiser`
+    field and part of the cache key, see `as_log`), the noise level it was trained for (`sigma`, None when
+    unknown), the precision it is served in (informational, outside the cache key) and other `params`."""
+
+    name: str
+    sha256: str
+    sigma: float | None = None
+    precision: str | None = None
+    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def as_log(self) -> dict[str, str]:
+        return {"name": self.name, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class ServedDenoiser:
+    """A denoiser ready to serve (NCHW [0,1] -> same) and its identity, carried beside it."""
+
+    module: nn.Module
+    identity: DenoiserIdentity
+
+
+def identity_of(module: nn.Module) -> DenoiserIdentity:
+    """The identity of a module from load_denoiser / optimize_for_inference, or of any torch module (named by
+    its class and the sha256 of its state_dict)."""
+    log_id = denoiser_identity(module)
+    assert log_id is not None
+    meta = dict(getattr(module, "denoiser_meta", None) or {})
+    sigma = meta.get("sigma")
+    params = {k: meta[k] for k in ("arch", "objective", "weight", "access") if k in meta}
+    return DenoiserIdentity(log_id["name"], log_id["sha256"], float(sigma) if sigma else None,
+                            getattr(module, "denoiser_precision", None), params)
+
+
+def serve_denoiser(
+    spec: str | Path | nn.Module | None, sigma: float | None, device: str | torch.device | None = None,
+    *, optimize: bool = True,
+) -> ServedDenoiser | None:
+    """The denoiser for a certification at noise level `sigma`: a name or path is loaded at that level (see
+    load_denoiser) and optimised for inference on `device` (default: the best one); a module is served as given.
+    None (or "none") -> None. Logs one warning line when `sigma` differs from the level the denoiser was trained
+    at by more than 20%. Raises CheckpointError / ConfigError as load_denoiser does."""
+    if spec is None or (isinstance(spec, str) and spec in ("", "none")):
+        return None
+    if isinstance(spec, nn.Module):
+        module = spec
+    else:
+        from robust_api.denoisers.speed import best_device
+
+        module = load_denoiser(spec, device=device if device is not None else best_device(), optimize=optimize, sigma=sigma)
+    identity = identity_of(module)
+    if sigma is not None and identity.sigma and abs(float(sigma) - identity.sigma) > SIGMA_MISMATCH * identity.sigma:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "denoiser %s was trained at sigma %g but certifies at sigma %g: expect fewer certificates "
+            "(use a denoiser trained near %g)", identity.name, identity.sigma, float(sigma), float(sigma))
+    return ServedDenoiser(module, identity)

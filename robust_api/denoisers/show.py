@@ -198,7 +198,7 @@ def denoiser_grid(
     specs for `load_denoiser(spec, sigma=sigma, optimize=True)` — shipped names, checkpoint paths, `ffdnet-color`,
     `tv` / `tv:W`; a column is titled with the module's `denoiser_name` (else its class name). An empty list gives
     clean | noisy only. `classifier`: NCHW [0,1] in, logits over `class_names` out (e.g.
-    `surrogates.load_surrogate("efficientnet-lite0")` with `labeller.imagenet_names()`); `classifier_name` is
+    `surrogates.load_surrogate("efficientnet-lite0")` with `classifiers.imagenet_names()`); `classifier_name` is
     only printed in the figure title.
 
     Row i's noise is drawn from numpy's default_rng([seed, i]), so equal arguments give equal grids (data and
