@@ -9,6 +9,9 @@ rerun pays for nothing already logged.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
+import threading
 import time
 import uuid
 from typing import Any, Callable, Sequence
@@ -26,6 +29,26 @@ from robust_api.query_logs import SCHEMA_VERSION, LogIndex, QueryLogWriter, Quer
 from robust_api.results import ABSTAIN, Certificate, Prediction, certificate_from_verdict
 
 __all__ = ["CertifyParams", "Engine"]  # CertifyParams lives in robust_api.modes; importable here as before
+
+# Encoding (and, without a denoiser, the noise) runs on its own threads, one fewer than the cores: more
+# CPU-bound threads than cores starve the event loop that times the sends, and the HTTP threads; sends that
+# leave late and then bunched are what a provider's rate limiter throttles (benchmarks/dispatch.py on 2 busy
+# cores: 6 encoding threads, 1.37-1.42x the quota-ideal time and ~5 throttles per certification; 1 thread,
+# 1.17x and ~1). One thread still encodes 224x224 noisy PNGs at ~100/s, twice the benchmark's rate limit.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+_ENCODE_WORKERS = max(1, _CORES - 1)
+_encode_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_encode_pool_lock = threading.Lock()
+
+
+def _encoder() -> concurrent.futures.ThreadPoolExecutor:
+    """The process-wide encoding pool (created on first use; shared by every engine, so their total is bounded)."""
+    global _encode_pool
+    with _encode_pool_lock:
+        if _encode_pool is None:
+            _encode_pool = concurrent.futures.ThreadPoolExecutor(_ENCODE_WORKERS, thread_name_prefix="robust-api-encode")
+        return _encode_pool
+
 
 class Engine:
     """Certify and predict images against one provider.
@@ -69,6 +92,10 @@ class Engine:
         self.settings = provider.settings()
         self._denoise_lock = asyncio.Lock()
 
+    # Chunks of samples prepared (noised, denoised, encoded) or on the network at once, per `responses` call:
+    # enough that the dispatcher never waits for the CPU, few enough to bound memory for large n.
+    prepare_ahead: int = 4
+
     @property
     def stats(self) -> RunStats:
         return self.dispatcher.stats
@@ -86,8 +113,15 @@ class Engine:
     ) -> list[QueryRecord]:
         """The logged record of each requested sample, paying only for those not yet in the log.
 
-        Chunks of `denoise_batch` samples are noised and denoised one after the other while earlier chunks
-        are on the network, so denoising overlaps network I/O. seed=None (serving) never hits the cache.
+        The samples flow through a pipeline so that the rate limit, not the CPU, sets the pace: noise and
+        encoding happen ahead of the dispatcher's send times, never while a send time waits for them. Each
+        sample is noised and encoded by its own job on the worker threads (queued in index order), and each
+        provider batch (one image for most providers) goes to the dispatcher the moment its images are
+        encoded. With a denoiser, chunks of `denoise_batch` samples are denoised one after the other (always
+        the same chunks, so the same batches and bytes) while the next chunk's noise is drawn and the previous
+        chunks are encoded and sent. At most `prepare_ahead` chunks are in the pipeline at once (bounded
+        memory). When a send fails for good no further chunk is started; calls already sent finish and are
+        logged, then the error is raised. seed=None (serving) never hits the cache.
         """
         records: dict[int, QueryRecord] = {}
         missing = []
@@ -100,14 +134,29 @@ class Engine:
         self.stats.cache_hits += len(indices) - len(missing)
         if tally is not None:  # per-image counts (the run-wide stats mix images certified concurrently)
             tally["hits"] = tally.get("hits", 0) + len(indices) - len(missing)
-        in_flight: list[asyncio.Task] = []
+        chunks = [missing[s : s + self.denoise_batch] for s in range(0, len(missing), self.denoise_batch)]
+        denoised = self.denoiser is not None and phase != "clean"
+        in_flight: list[asyncio.Task] = []  # one per chunk: its samples' encoding and sending
+        noise: asyncio.Task | None = None  # the next chunk's noisy copies, drawn while this chunk is denoised
         try:
-            for start in range(0, len(missing), self.denoise_batch):
-                chunk = missing[start : start + self.denoise_batch]
-                encoded = await self._prepare(image, phase, chunk, sigma, seed)
-                task = self._send(image, phase, chunk, encoded, sigma, seed, records, extra, tally)
+            for n, chunk in enumerate(chunks):
+                if n >= self.prepare_ahead:
+                    await asyncio.wait([in_flight[n - self.prepare_ahead]])
+                if any(t.done() and not t.cancelled() and t.exception() is not None for t in in_flight):
+                    break  # a send failed for good: the error is raised below, after the others are logged
+                if denoised:
+                    noise = noise or self._noise(image, phase, chunk, sigma, seed)
+                    noisy, noise = await noise, None
+                    if n + 1 < len(chunks):
+                        noise = self._noise(image, phase, chunks[n + 1], sigma, seed)
+                    encoded = self._encode(await self._prepare(noisy))
+                else:
+                    encoded = self._encode_samples(image, phase, chunk, sigma, seed)
+                task = self._send_chunk(image, phase, chunk, encoded, sigma, seed, records, extra, tally)
                 in_flight.append(asyncio.create_task(task))
         finally:
+            if noise is not None:  # drawn ahead for a chunk never started (an error above): let it finish
+                await asyncio.gather(noise, return_exceptions=True)
             # Even when preparing a later chunk failed, calls already sent finish and are logged.
             await _gather(*in_flight)
         return [records[i] for i in indices]
@@ -115,18 +164,39 @@ class Engine:
     def _key(self, image: LoadedImage, phase: str, index: int, sigma: float, seed: int | None):
         return sample_key(self.provider.name, self.settings, image.sha256, sigma, self.denoiser_id, seed, index, phase)
 
-    async def _prepare(self, image: LoadedImage, phase: str, chunk: list[int], sigma: float, seed: int | None):
-        if phase == "clean":
-            pixels = np.repeat(image.array[None], len(chunk), axis=0)
-        else:
-            pixels = await asyncio.to_thread(noisy_copies, image.array, sigma, seed, image.sha256, phase, chunk)
-            if self.denoiser is not None:
-                async with self._denoise_lock:  # one batch at a time: the denoiser already uses every core
-                    pixels = await asyncio.to_thread(self._denoise, pixels)
-        # One worker-thread task per sample: Pillow's encoders release the GIL, so encoding (the costliest
-        # step for incompressible noisy PNGs, ~10 ms each at 224x224) uses every core.
+    def _noise(self, image: LoadedImage, phase: str, chunk: list[int], sigma: float, seed: int | None) -> asyncio.Task:
+        """Start drawing the chunk's noisy copies on a worker thread."""
+        return asyncio.ensure_future(asyncio.to_thread(noisy_copies, image.array, sigma, seed, image.sha256, phase, chunk))
+
+    async def _prepare(self, noisy: np.ndarray) -> np.ndarray:
+        """Denoise a chunk of noisy copies (float NHWC in [0, 1]), one chunk at a time."""
+        async with self._denoise_lock:  # one batch at a time: the denoiser already uses every core
+            return await asyncio.to_thread(self._denoise, noisy)
+
+    def _encode_samples(self, image: LoadedImage, phase: str, chunk: list[int], sigma: float, seed: int | None
+                        ) -> list[asyncio.Future]:
+        """Without a denoiser: one encoding-thread job per sample draws its noisy copy (the clean image for phase
+        'clean') and encodes it, so the first sample can leave before the chunk's last one is noised. The bytes
+        equal those of the chunk-wise path: each sample's noise depends on its index only."""
+        loop = asyncio.get_running_loop()
         limits = self.provider.limits
-        return await asyncio.gather(*(asyncio.to_thread(lambda p=p: encode_for(to_uint8(p), limits)) for p in pixels))
+
+        def job(index: int) -> Any:
+            if phase == "clean":
+                pixels = image.array
+            else:
+                pixels = noisy_copies(image.array, sigma, seed, image.sha256, phase, [index])[0]
+            return encode_for(to_uint8(pixels), limits)
+
+        return [loop.run_in_executor(_encoder(), job, index) for index in chunk]
+
+    def _encode(self, pixels: np.ndarray) -> list[asyncio.Future]:
+        """Start encoding each row on the encoding threads, in row order; one future per sample (the costliest
+        step for incompressible noisy PNGs, ~5-10 ms each at 224x224). Submitted at once (not when a coroutine
+        first runs), so a chunk's encodes are queued ahead of later chunks' work."""
+        loop = asyncio.get_running_loop()
+        limits = self.provider.limits
+        return [loop.run_in_executor(_encoder(), lambda p=p: encode_for(to_uint8(p), limits)) for p in pixels]
 
     def _denoise(self, pixels: np.ndarray) -> np.ndarray:
         import torch
@@ -136,6 +206,21 @@ class Engine:
             batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(device)
             out = self.denoiser(batch).clamp_(0.0, 1.0)
         return out.permute(0, 2, 3, 1).cpu().numpy()
+
+    async def _send_chunk(self, image, phase, chunk, encoded: list[asyncio.Future], sigma, seed, records, extra,
+                          tally) -> None:
+        """Send the chunk in provider-sized batches (the same batches as one dispatcher call on the whole chunk),
+        each the moment its images are encoded; every batch runs to the end, then the first error is raised."""
+        size = max(1, self.provider.max_batch)
+
+        async def batch(s: int) -> None:
+            ready = await asyncio.gather(*encoded[s : s + size])
+            await self._send(image, phase, chunk[s : s + size], ready, sigma, seed, records, extra, tally)
+
+        try:
+            await _gather(*(batch(s) for s in range(0, len(chunk), size)))
+        finally:
+            await asyncio.gather(*encoded, return_exceptions=True)  # no encode outlives the chunk unobserved
 
     async def _send(self, image, phase, chunk, encoded, sigma, seed, records, extra, tally) -> None:
         def on_answer(j: int, outcome: CallOutcome) -> None:
