@@ -22,7 +22,6 @@ from robust_api.errors import ConfigError, RobustAPIError
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
     from robust_api.results import Certificate
 
@@ -46,10 +45,78 @@ DECISION_HELP = 'Decision rule: "top1", "vocab:PATH" (JSON {class: [synonyms]}) 
 
 
 def console(stderr: bool = False) -> "Console":
-    """A rich console bound to the current stdout/stderr (so test capture and pipes work)."""
+    """A rich console bound to the current stdout/stderr (so test capture and pipes work). On a terminal, long
+    lines wrap at word boundaries to its width; into a file or a pipe nothing is wrapped (the reader's viewer
+    wraps, and a line stays one line for grep)."""
     from rich.console import Console
 
-    return Console(file=sys.stderr if stderr else sys.stdout, highlight=False, soft_wrap=False)
+    file = sys.stderr if stderr else sys.stdout
+    terminal = bool(getattr(file, "isatty", lambda: False)())
+    return Console(file=file, highlight=False, soft_wrap=not terminal)
+
+
+class TextTable:
+    """A table that reads well anywhere: columns aligned with two spaces between them and a dashed rule under
+    the header, one line per row, never wrapped inside a cell. Into a file or a pipe (CI logs, `| less`) every
+    cell is printed whole; on a terminal the table fits its width: the widest text columns are shortened with
+    an ellipsis first, numbers never are.
+
+    `columns` are (header, "left" | "right"); rows are lists of strings. Print it with `console().print(...)`.
+    """
+
+    MIN_TEXT = 6  # a text column is never shortened below this (or its header, if shorter)
+
+    def __init__(self, columns: Sequence[tuple[str, str]], title: str | None = None) -> None:
+        self.columns = [(str(name), justify) for name, justify in columns]
+        self.title = title
+        self.rows: list[list[str]] = []
+
+    def add_row(self, *cells: object) -> None:
+        if len(cells) != len(self.columns):
+            raise ValueError(f"{len(cells)} cell(s) for {len(self.columns)} column(s)")
+        self.rows.append([str(c) for c in cells])
+
+    def widths(self, max_width: int | None = None) -> list[int]:
+        """Column widths: each column's longest cell, then (given max_width) the widest text columns shortened
+        one character at a time until the table fits or none can shrink further."""
+        widths = [max([len(name)] + [len(row[i]) for row in self.rows]) for i, (name, _) in enumerate(self.columns)]
+        if max_width is None:
+            return widths
+        floor = [min(w, max(self.MIN_TEXT, len(name))) if justify == "left" else w
+                 for w, (name, justify) in zip(widths, self.columns)]
+        excess = sum(widths) + 2 * (len(widths) - 1) - max_width
+        while excess > 0:
+            shrinkable = [i for i, w in enumerate(widths) if w > floor[i]]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: (widths[i], -i))
+            widths[widest] -= 1
+            excess -= 1
+        return widths
+
+    def lines(self, max_width: int | None = None) -> list[str]:
+        """The header, the rule and one line per row (no title), fitted to max_width when given."""
+        widths = self.widths(max_width)
+
+        def fit(cell: str, width: int) -> str:
+            return cell if len(cell) <= width else cell[: max(0, width - 1)] + "…"
+
+        def line(cells: Sequence[str]) -> str:
+            parts = [fit(c, w).rjust(w) if justify == "right" else fit(c, w).ljust(w)
+                     for c, w, (_, justify) in zip(cells, widths, self.columns)]
+            return "  ".join(parts).rstrip()
+
+        return [line([name for name, _ in self.columns]), "  ".join("-" * w for w in widths)] + [
+            line(row) for row in self.rows]
+
+    def __rich_console__(self, console: "Console", options):  # the rich render protocol
+        from rich.text import Text
+
+        terminal = console.is_terminal
+        if self.title:
+            yield Text(self.title, style="bold" if terminal else "", end="\n")
+        for i, text in enumerate(self.lines(options.max_width if terminal else None)):
+            yield Text(text, style="bold" if terminal and i == 0 else "", no_wrap=True, overflow="ignore", end="\n")
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -76,27 +143,21 @@ def _fmt_label(label: Optional[str]) -> str:
     return "abstain" if label is None else label
 
 
-def certificate_table(certificates: Sequence["Certificate"], title: str = "Certificates") -> "Table":
-    """One row per certificate: image, clean label, certified label, radius, p_lower, samples, correct."""
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("image", overflow="fold", min_width=8)
-    table.add_column("sigma", justify="right", no_wrap=True)
-    table.add_column("clean", overflow="fold")
-    table.add_column("certified", overflow="fold")
-    table.add_column("radius", justify="right", no_wrap=True)
-    table.add_column("pA_lower", justify="right", no_wrap=True)
-    table.add_column("n0/n", justify="right", no_wrap=True)
-    table.add_column("ok", justify="center", no_wrap=True)
+def certificate_table(certificates: Sequence["Certificate"], title: str = "Certificates") -> TextTable:
+    """One row per certificate: image, clean label, certified label, radius, p_lower, samples, correct. The
+    sigma column is left out (and named in the title) when every certificate has the same sigma."""
+    sigmas = sorted({cert.sigma for cert in certificates})
+    one_sigma = len(sigmas) == 1
+    columns = [("#", "right"), ("image", "left")] + ([] if one_sigma else [("sigma", "right")]) + [
+        ("clean", "left"), ("certified", "left"), ("radius", "right"), ("pA_lower", "right"), ("n0/n", "right"),
+        ("ok", "left")]
+    table = TextTable(columns, title=f"{title} (sigma {sigmas[0]:g})" if one_sigma else title)
     for i, cert in enumerate(certificates):
         n0 = sum(cert.counts_selection.values())
         n = sum(cert.counts_estimation.values())
+        cells = [str(i), _short_image(cert.name or cert.image)] + ([] if one_sigma else [f"{cert.sigma:g}"])
         table.add_row(
-            str(i),
-            _short_image(cert.name or cert.image),
-            f"{cert.sigma:g}",
+            *cells,
             cert.clean_label if cert.clean_label is not None else "-",
             _fmt_label(cert.label),
             f"{cert.radius_l2:.3f}",
@@ -124,8 +185,6 @@ def summary_radii(certificates: Sequence["Certificate"], step: float = 0.1, max_
 
 def print_summary(certificates: Sequence["Certificate"], out: "Console | None" = None) -> None:
     """Certified accuracy at radii 0, 0.1, ... (correct = certified class equals the clean label), per sigma."""
-    from rich.table import Table
-
     from robust_api.results import certified_accuracy
 
     out = out or console()
@@ -140,9 +199,8 @@ def print_summary(certificates: Sequence["Certificate"], out: "Console | None" =
             + ("" if with_clean == len(certs) else f", {len(certs) - with_clean} without a clean label (counted wrong)")
         )
         accuracy = certified_accuracy(certs, summary_radii(certs))
-        table = Table(title=f"Certified accuracy (sigma {sigma:g})", title_justify="left")
-        table.add_column("radius", justify="right")
-        table.add_column("certified accuracy", justify="right")
+        table = TextTable([("radius", "right"), ("certified accuracy", "right")],
+                          title=f"Certified accuracy (sigma {sigma:g})")
         for radius, value in accuracy.items():
             table.add_row(f"{radius:.1f}", f"{100 * value:.1f}%")
         out.print(table)
@@ -333,22 +391,34 @@ def _run_line(result) -> str:
             f"requests {s.requests}, retries: {retries}, failures: {failures}")
 
 
+def progress_text(done: int, total: int, calls: int, cache_hits: int) -> str:
+    """The one wording of progress, for every command: images finished, calls paid, answers found in the log."""
+    return f"images done {done}/{total} · calls paid {calls} · cache hits {cache_hits}"
+
+
 def _run_with_progress(images: list, config):
-    """run_certification with a live progress bar on stderr (images, calls, cache hits, retries, cost)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """run_certification with a live progress line on stderr when it is a terminal (nothing otherwise: piped
+    stderr carries only warnings and errors). Images finish in any order (they are certified concurrently), so
+    the line counts finished images and the run's calls so far; both only grow."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from robust_api.run import run_certification
 
+    err = console(stderr=True)
+    total = len(images)
+    if not err.is_terminal:
+        return run_certification(images, config)
+
     with Progress(
-        TextColumn("[bold]certify[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=console(stderr=True), transient=True,
+        TextColumn("[bold]certify[/]"), BarColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"), console=err, transient=True,
     ) as progress:
-        task = progress.add_task("certify", total=len(images), info="")
+        task = progress.add_task("certify", total=total, info=progress_text(0, total, 0, 0))
 
         def update(event, stats, done) -> None:
             retries = sum(stats.retries.values())
-            progress.update(task, completed=done, info=(
-                f"calls {stats.billable_calls}  cache {stats.cache_hits}  retries {retries}"))
+            info = progress_text(done, total, stats.billable_calls, stats.cache_hits)
+            progress.update(task, completed=done, info=info + (f" · retries {retries}" if retries else ""))
 
         return run_certification(images, config, progress=update)
 
@@ -466,7 +536,7 @@ def demo_command(
     out.print(f"certifying {count} bundled photo(s) against the local {api} emulator (its real SDK over loopback), "
               f"sigma {sigma:g}, N0={n0}, N={n}, alpha {alpha:g}")
     runs = run_demo(out_dir, api=api, sigma=sigma, n0=n0, n=n, alpha=alpha, count=count,
-                    progress=lambda event, stats, done: out.print(f"  image {done}/{count}: {stats.billable_calls} calls so far")
+                    progress=lambda event, stats, done: out.print("  " + progress_text(done, count, stats.billable_calls, stats.cache_hits))
                     if event == "image" else None)
     for run in runs:
         title = f"{api}, {'no denoiser' if run.denoiser is None else 'denoiser ' + run.denoiser}"
