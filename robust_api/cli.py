@@ -521,32 +521,144 @@ def _duration(seconds: float) -> str:
 
 @app.command("demo")
 def demo_command(
-    out_dir: Path = typer.Option(Path("demo-output"), "--out-dir", help="Where logs and results go."),
+    out_dir: Path = typer.Option(Path("demo-output"), "--out-dir", help="Where logs, results and pictures go."),
     api: str = typer.Option("aws", "--api", help="Which provider's emulator to certify against."),
     sigma: float = typer.Option(0.25, "--sigma", help="Noise level."),
-    n0: int = typer.Option(20, "--n0"),
-    n: int = typer.Option(100, "--n"),
-    alpha: float = typer.Option(0.001, "--alpha"),
-    count: int = typer.Option(6, "--images", min=1, help="How many bundled photos."),
+    alpha: float = typer.Option(0.001, "--alpha", help="Failure probability of each certificate."),
+    mode: str = typer.Option("sequential", "--mode", help="sequential (stop early; default), fixed or clean."),
+    n0: int = typer.Option(20, "--n0", help="Selection samples of the fixed protocol."),
+    n: int = typer.Option(100, "--n", help="Estimation samples of the fixed protocol."),
+    max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sequential budget per image (default n0 + n)."),
+    target_radius: Optional[float] = typer.Option(None, "--target-radius", help="Sequential: stop once this radius is certified (default 1.2 x sigma)."),
+    count: int = typer.Option(4, "--images", min=1, help="How many bundled photos."),
 ) -> None:
-    """Certify bundled real photos against a local emulator, without and with the shipped denoiser; replay the log."""
-    from robust_api.demo import run_demo
+    """Certify bundled real photos against a local emulator, without and with the shipped denoiser; replay the
+    logs offline and draw the certified accuracy and example pictures."""
+    import time
+
+    from robust_api.demo import (
+        demo_params,
+        describe_denoiser,
+        pick_denoiser,
+        run_demo,
+        write_pictures,
+    )
 
     out = console()
-    out.print(f"certifying {count} bundled photo(s) against the local {api} emulator (its real SDK over loopback), "
-              f"sigma {sigma:g}, N0={n0}, N={n}, alpha {alpha:g}")
-    runs = run_demo(out_dir, api=api, sigma=sigma, n0=n0, n=n, alpha=alpha, count=count,
-                    progress=lambda event, stats, done: out.print("  " + progress_text(done, count, stats.billable_calls, stats.cache_hits))
-                    if event == "image" else None)
-    for run in runs:
-        title = f"{api}, {'no denoiser' if run.denoiser is None else 'denoiser ' + run.denoiser}"
-        out.print(certificate_table(run.certificates, title=title))
-        print_summary(run.certificates, out)
-        out.print(f"billable calls {run.billable_calls}, cache hits {run.cache_hits}; "
-                  f"offline replay of the log reproduces every certificate: {'yes' if run.replay_matches else 'NO'}")
-    out.print(f"logs and results in {out_dir}/ (rerun: nothing is paid twice; `{PROG} replay {out_dir}/*.jsonl`)")
-    if not all(run.replay_matches for run in runs):
+    params = demo_params(sigma=sigma, alpha=alpha, mode=mode, n0=n0, n=n, max_queries=max_queries,
+                         target_radius=target_radius)
+    denoiser = pick_denoiser(sigma)
+    runs = (f"first without a denoiser, then with the shipped denoiser {describe_denoiser(denoiser)}" if denoiser
+            else f"without a denoiser (none ships for sigma {sigma:g})")
+    say = _sayer(out)
+    photos = f"{count} real photo{'s' if count != 1 else ''}"
+    say(f"{PROG} demo: {photos}, certified through the {_SDKS.get(api, api + ' SDK')} against a local emulator "
+        f"(no credentials, no network): {runs}.")
+    say(f"  {_demo_protocol(params)} the fixed protocol (1 clean + N0 {params.n0} + N {params.n}) pays "
+        f"{_fixed_calls(params)} calls per photo.")
+    out.print("")
+
+    def on_run(label: str) -> None:
+        out.print(f"certifying, {label}:")
+
+    def progress(run: str, done: int, total: int, calls: int, hits: int) -> None:
+        out.print("  " + progress_text(done, total, calls, hits))
+
+    start = time.perf_counter()
+    result = run_demo(out_dir, api=api, params=params, count=count, progress=progress, on_run=on_run)
+    certify_s = time.perf_counter() - start
+    out.print("")
+    out.print(_demo_table(result))
+    out.print("")
+    out.print(_demo_accuracy(result))
+    out.print("")
+    paid = sum(run.billable_calls for run in result.runs)
+    hits = sum(run.cache_hits for run in result.runs)
+    say(f"certified in {certify_s:.0f} s: calls paid {paid}, cache hits {hits} (the fixed protocol would pay "
+        f"{result.fixed_calls}).")
+    certs = sum(len(run.certificates) for run in result.runs)
+    if result.replay_ok:
+        say(f"replay: the offline replay of the logs reproduced every certificate ({certs}/{certs}) and the "
+            "results TSVs byte for byte.")
+    else:
+        bad = [run.label for run in result.runs if not (run.replay_matches and run.tsv_matches)]
+        say(f"replay: MISMATCH between the online run and its offline replay ({', '.join(bad)}).")
+    pictures = write_pictures(result, out_dir)
+    out.print(f"pictures: {pictures['plot']}  (certified accuracy vs L2 radius)")
+    out.print(f"          {pictures['examples']}  (clean / noisy / denoised)")
+    say(f"logs and results: {out_dir}/ (a rerun pays nothing twice; `{PROG} replay {out_dir}/*.jsonl`)")
+    if not result.replay_ok:
         raise SystemExit(EXIT_INTERNAL_ERROR)
+
+
+_SDKS = {"aws": "AWS Rekognition SDK (boto3)", "azure": "Azure AI Vision SDK", "google": "Google Cloud Vision SDK",
+         "clarifai": "Clarifai gRPC SDK"}
+
+
+def _sayer(out: "Console"):
+    """print(text) as a paragraph wrapped to 79 columns (continuation lines indented), so it reads the same on a
+    terminal and in a file."""
+    import textwrap
+
+    def say(text: str) -> None:
+        indent = text[: len(text) - len(text.lstrip(" "))]
+        out.print(textwrap.fill(text.strip(), width=79, initial_indent=indent, subsequent_indent="  ",
+                                break_on_hyphens=False), markup=False)
+
+    return say
+
+
+def _demo_protocol(params) -> str:
+    if params.mode == "sequential":
+        return (f"Sigma {params.sigma:g}, alpha {params.alpha:g}. Sequential mode: a photo stops as soon as radius "
+                f"{params.target_radius:g} is certified or out of reach, after at most 1 + {params.max_queries} "
+                "calls;")
+    extra = f"N0 {params.n0} + " if params.mode == "fixed" else ""
+    return (f"Sigma {params.sigma:g}, alpha {params.alpha:g}. {params.mode.capitalize()} mode: 1 clean + {extra}N "
+            f"{params.n} calls per photo;")
+
+
+def _fixed_calls(params) -> int:
+    from robust_api.planner import calls_per_image
+
+    return calls_per_image(params.n, "fixed", params.n0)
+
+
+def _demo_cell(cert: "Certificate") -> str:
+    if cert.label is None:
+        return "abstain"
+    radius = f"{cert.radius_l2:.3f}"
+    return radius if cert.correct else f"{radius} ({cert.label})"
+
+
+def _demo_table(result) -> TextTable:
+    """One row per photo: its clean label, then each run's certified radius and the calls it took."""
+    columns = [("photo", "left"), ("clean label", "left")]
+    for run in result.runs:
+        columns += [("no denoiser" if run.denoiser is None else "denoiser", "right"), ("calls", "right")]
+    table = TextTable(columns, title="Certified L2 radius of each photo's clean label (abstain = no certificate)")
+    for i, (name, _) in enumerate(result.images):
+        first = result.runs[0].certificates[i]
+        cells = [name, first.clean_label or "-"]
+        for run in result.runs:
+            cert = run.certificates[i]
+            cells += [_demo_cell(cert), str(cert.calls_paid + cert.cache_hits)]
+        table.add_row(*cells)
+    return table
+
+
+def _demo_accuracy(result) -> TextTable:
+    """Certified accuracy of each run at radii 0, 0.1, ... (up to the largest certified radius)."""
+    from robust_api.results import certified_accuracy
+
+    every = [c for run in result.runs for c in run.certificates]
+    radii = [r for r in summary_radii(every) if r <= max(0.3, max((c.radius_l2 for c in every), default=0.0))]
+    table = TextTable([("certified accuracy", "left")] + [(f"r={r:g}", "right") for r in radii])
+    for run in result.runs:
+        accuracy = certified_accuracy(run.certificates, radii)
+        label = "no denoiser" if run.denoiser is None else "denoiser"
+        table.add_row(label, *(f"{100 * accuracy[r]:.0f}%" for r in radii))
+    return table
 
 
 @app.command("report")
