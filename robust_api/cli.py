@@ -537,6 +537,7 @@ def demo_command(
     import time
 
     from robust_api.demo import (
+        check_count,
         demo_params,
         describe_denoiser,
         pick_denoiser,
@@ -544,6 +545,7 @@ def demo_command(
         write_pictures,
     )
 
+    check_count(count)
     out = console()
     params = demo_params(sigma=sigma, alpha=alpha, mode=mode, n0=n0, n=n, max_queries=max_queries,
                          target_radius=target_radius)

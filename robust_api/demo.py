@@ -100,15 +100,22 @@ def _split(entry: str) -> tuple[str, int]:
     return photo, int(index or 0)
 
 
+def check_count(count: int) -> None:
+    """ConfigError unless 1 <= count <= the number of photos the demo ships."""
+    from robust_api.errors import ConfigError
+
+    available = len(_catalogue())
+    if not 1 <= count <= available:
+        raise ConfigError(f"the demo has {available} bundled photos; ask for 1 to {available} (--images)")
+
+
 def demo_images(count: int = 4, size: int = 224) -> list[tuple[str, np.ndarray]]:
     """The first `count` demo photos (DEMO_PHOTOS, then other held-out crops, then training photos) as
     float32 HWC arrays in [0,1], size x size. ConfigError when more are asked for than ship."""
     from robust_api.denoisers.photos import crops, load_photo
-    from robust_api.errors import ConfigError
 
     catalogue = _catalogue()
-    if not 1 <= count <= len(catalogue):
-        raise ConfigError(f"the demo has {len(catalogue)} bundled photos; ask for 1 to {len(catalogue)}")
+    check_count(count)
     return [(name, crops(load_photo(photo), index + 1, size)[index]) for name, photo, index in catalogue[:count]]
 
 
