@@ -1,4 +1,4 @@
-"""`RobustAPI`: the public facade, with the reference implementation's signatures (sync wrappers over the engine).
+"""`RobustAPI`: the public facade, with the reference implementation's signatures (sync wrappers over a session).
 
     api = RobustAPI("aws", denoiser="ffdnet64-s0.25", online=True)
     label, radius, logs = api.certify(img, noise_sd=0.25, N0=20, N=100, alpha=0.001)
