@@ -542,6 +542,7 @@ def demo_command(
         describe_denoiser,
         pick_denoiser,
         run_demo,
+        settings_tag,
         write_pictures,
     )
 
@@ -588,7 +589,8 @@ def demo_command(
     pictures = write_pictures(result, out_dir)
     out.print(f"pictures: {pictures['plot']}  (certified accuracy vs L2 radius)")
     out.print(f"          {pictures['examples']}  (clean / noisy / denoised)")
-    say(f"logs and results: {out_dir}/ (a rerun pays nothing twice; `{PROG} replay {out_dir}/*.jsonl`)")
+    logs = out_dir / f"{api}-{settings_tag(params)}-*.jsonl"
+    say(f"logs and results: {out_dir}/ (a rerun pays nothing twice; to recount offline: `{PROG} replay {logs}`)")
     if not result.replay_ok:
         raise SystemExit(EXIT_INTERNAL_ERROR)
 

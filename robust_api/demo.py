@@ -114,9 +114,8 @@ def demo_images(count: int = 4, size: int = 224) -> list[tuple[str, np.ndarray]]
     float32 HWC arrays in [0,1], size x size. ConfigError when more are asked for than ship."""
     from robust_api.denoisers.photos import crops, load_photo
 
-    catalogue = _catalogue()
     check_count(count)
-    return [(name, crops(load_photo(photo), index + 1, size)[index]) for name, photo, index in catalogue[:count]]
+    return [(name, crops(load_photo(photo), index + 1, size)[index]) for name, photo, index in _catalogue()[:count]]
 
 
 def pick_denoiser(sigma: float) -> str | None:
@@ -154,8 +153,8 @@ def run_demo(out_dir: Path, api: str = "aws", params: CertifyParams | None = Non
              denoiser: str | None = "auto", progress: DemoProgress | None = None,
              on_run: Callable[[str], None] | None = None) -> DemoResult:
     """Certify `count` demo photos with no denoiser and with `denoiser` ('auto' = the shipped one for sigma);
-    each run writes out_dir/<api>-<run>.jsonl (the query log, also a cache: a rerun pays nothing twice) and
-    .tsv (results), and is replayed offline into .replayed.tsv for comparison. `on_run(label)` is called as
+    each run writes out_dir/<api>-<settings_tag>-<run>.jsonl (the query log, also a cache: a rerun with the same
+    settings pays nothing twice) and .tsv (results), and is replayed offline into .replayed.tsv for comparison. `on_run(label)` is called as
     each run starts. The pictures are drawn by `write_pictures`."""
     import time
 
@@ -176,7 +175,7 @@ def run_demo(out_dir: Path, api: str = "aws", params: CertifyParams | None = Non
         label = "no denoiser" if spec is None else f"denoiser {spec}"
         if on_run is not None:
             on_run(label)
-        tag = f"{api}-{'no-denoiser' if spec is None else spec}"
+        tag = f"{api}-{settings_tag(params)}-{'no-denoiser' if spec is None else spec}"
         log, tsv = out_dir / f"{tag}.jsonl", out_dir / f"{tag}.tsv"
         config = RunConfig(api=api, params=params, emulator=True, denoiser=spec, log=log, out=tsv,
                            provider_options=_demo_options(api))
@@ -197,6 +196,16 @@ def run_demo(out_dir: Path, api: str = "aws", params: CertifyParams | None = Non
                             matches, tsv_matches, log, tsv, seconds))
     fixed = calls_per_image(params.n, "fixed", params.n0)
     return DemoResult(params, photos, runs, fixed, api)
+
+
+def settings_tag(params: CertifyParams) -> str:
+    """The part of a log's file name that keeps runs apart whose logs must not mix: a sequential log holds its
+    plan (budget, target, alpha), and a rerun with another plan would find answers logged under the first one.
+    Fixed and clean logs can be shared (replay recounts the first n samples at any alpha); sigmas are kept
+    apart by replay itself."""
+    if params.mode == "sequential":
+        return f"sequential-q{params.max_queries}-r{params.target_radius:g}-a{params.alpha:g}"
+    return params.mode
 
 
 def _check_replay(log: Path, tsv: Path, online: Sequence[Certificate], params: CertifyParams) -> tuple[bool, bool]:

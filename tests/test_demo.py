@@ -33,7 +33,8 @@ def test_tiny_demo_certifies_replays_and_draws(tmp_path, capsys):
 
     # the replay line: every certificate of both runs (2 photos x 2 runs) came back from the logs
     assert "replay: the offline replay of the logs reproduced every certificate (4/4)" in " ".join(out.split())
-    for tag in ("aws-no-denoiser", "aws-ffdnet64-s0.25-stab"):
+    for run in ("no-denoiser", "ffdnet64-s0.25-stab"):
+        tag = f"aws-sequential-q20-r0.3-a0.001-{run}"  # sequential budget n0 + n = 20, target 1.2 sigma
         online, replayed = out_dir / f"{tag}.tsv", out_dir / f"{tag}.replayed.tsv"
         assert online.read_bytes() == replayed.read_bytes()
 
