@@ -1,4 +1,4 @@
-"""The `robust-api` command line: replay logs, import legacy logs (and, added by the lead, certify and friends).
+"""The `robust-api` command line: certify, replay, import-legacy, plan, emulate, report, denoiser, demo.
 
 Adding a command: write a function decorated with `@app.command("name")` (or `app.add_typer(sub, name=...)`
 for a group), import heavy modules (torch, providers, engine) inside the function so start-up stays fast,
