@@ -27,7 +27,7 @@ import numpy as np
 from aiolimiter import AsyncLimiter
 
 from robust_api.decision import Top1
-from robust_api.dispatch import MAX_RETRY_AFTER_S, Dispatcher
+from robust_api.dispatch import Dispatcher
 from robust_api.engine import CertifyParams, Engine, _gather
 from robust_api.images import encode_for, load_image, to_uint8
 from robust_api.noise import noisy_copies
@@ -84,20 +84,10 @@ class PreviousDispatcher(Dispatcher):
         super().__init__(provider, burst=burst, **options)
         self._limiter = AsyncLimiter(burst, burst / self.rate_per_s)
 
-    def _wait(self, state) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        throttled = getattr(exc, "kind", "") == "throttled"
-        hint = getattr(exc, "retry_after_s", None)
-        if hint is not None and 0 < hint <= MAX_RETRY_AFTER_S:
-            delay = max(self._backoff(state), hint)
-        elif throttled:
-            delay = self._throttle_backoff(state)
-        else:
-            delay = self._backoff(state)
-        if throttled:
-            pause = hint if hint and hint <= MAX_RETRY_AFTER_S else delay
-            self._paused_until = max(self._paused_until, time.monotonic() + pause)
-        return delay
+    def _pause_all(self, state, retry_after_s, delay) -> None:
+        # the whole backoff of the throttled image, and only calls not yet queued at the bucket wait for it
+        pause = retry_after_s if retry_after_s is not None else delay
+        self._paused_until = max(self._paused_until, time.monotonic() + pause)
 
     @contextlib.asynccontextmanager
     async def _slot(self):
@@ -117,17 +107,7 @@ class PreviousEngine(Engine):
     and only then is the chunk handed to the dispatcher; the next chunk starts after that."""
 
     async def responses(self, image, phase, indices, sigma, seed, extra=None, tally=None):
-        records = {}
-        missing = []
-        for i in indices:
-            found = self.index.get(self._key(image, phase, i, sigma, seed)) if seed is not None else None
-            if found is not None:
-                records[i] = found
-            else:
-                missing.append(i)
-        self.stats.cache_hits += len(indices) - len(missing)
-        if tally is not None:
-            tally["hits"] = tally.get("hits", 0) + len(indices) - len(missing)
+        records, missing = self.cached(image, phase, indices, sigma, seed, tally)
         in_flight = []
         try:
             for start in range(0, len(missing), self.denoise_batch):

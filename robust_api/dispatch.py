@@ -201,12 +201,18 @@ class Dispatcher:
         else:
             delay = self._backoff(state)
         if throttled:
-            # Without Retry-After: one request interval (the provider's bucket then holds a token again),
-            # doubling with each further attempt of the same image (a storm backs off fast).
-            pause = hint if obeyed else min(self._pacer.interval * 2 ** (state.attempt_number - 1), self._backoff_max_s)
-            self._paused_until = max(self._paused_until, time.monotonic() + pause)
-            self._pacer.hold(self._paused_until)
+            self._pause_all(state, hint if obeyed else None, delay)
         return delay
+
+    def _pause_all(self, state: RetryCallState, retry_after_s: float | None, delay: float) -> None:
+        """After a throttle, hold every call (also those waiting for their send time): for the obeyed
+        Retry-After, or without one for one request interval (the provider's bucket then holds a token
+        again), doubling with each further attempt of the same image (a storm backs off fast)."""
+        pause = retry_after_s
+        if pause is None:
+            pause = min(self._pacer.interval * 2 ** (state.attempt_number - 1), self._backoff_max_s)
+        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        self._pacer.hold(self._paused_until)
 
     def _count_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None

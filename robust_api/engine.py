@@ -123,17 +123,7 @@ class Engine:
         memory). When a send fails for good no further chunk is started; calls already sent finish and are
         logged, then the error is raised. seed=None (serving) never hits the cache.
         """
-        records: dict[int, QueryRecord] = {}
-        missing = []
-        for i in indices:
-            found = self.index.get(self._key(image, phase, i, sigma, seed)) if seed is not None else None
-            if found is not None:
-                records[i] = found
-            else:
-                missing.append(i)
-        self.stats.cache_hits += len(indices) - len(missing)
-        if tally is not None:  # per-image counts (the run-wide stats mix images certified concurrently)
-            tally["hits"] = tally.get("hits", 0) + len(indices) - len(missing)
+        records, missing = self.cached(image, phase, indices, sigma, seed, tally)
         chunks = [missing[s : s + self.denoise_batch] for s in range(0, len(missing), self.denoise_batch)]
         denoised = self.denoiser is not None and phase != "clean"
         in_flight: list[asyncio.Task] = []  # one per chunk: its samples' encoding and sending
@@ -160,6 +150,25 @@ class Engine:
             # Even when preparing a later chunk failed, calls already sent finish and are logged.
             await _gather(*in_flight)
         return [records[i] for i in indices]
+
+    def cached(
+        self, image: LoadedImage, phase: str, indices: Sequence[int], sigma: float, seed: int | None,
+        tally: dict[str, int] | None = None,
+    ) -> tuple[dict[int, QueryRecord], list[int]]:
+        """The logged records of the requested samples (index -> record) and the indices not logged yet, counted
+        as cache hits in the run's stats and in `tally`. seed=None (serving) never hits the cache."""
+        records: dict[int, QueryRecord] = {}
+        missing = []
+        for i in indices:
+            found = self.index.get(self._key(image, phase, i, sigma, seed)) if seed is not None else None
+            if found is not None:
+                records[i] = found
+            else:
+                missing.append(i)
+        self.stats.cache_hits += len(indices) - len(missing)
+        if tally is not None:  # per-image counts (the run-wide stats mix images certified concurrently)
+            tally["hits"] = tally.get("hits", 0) + len(indices) - len(missing)
+        return records, missing
 
     def _key(self, image: LoadedImage, phase: str, index: int, sigma: float, seed: int | None):
         return sample_key(self.provider.name, self.settings, image.sha256, sigma, self.denoiser_id, seed, index, phase)
@@ -298,6 +307,8 @@ class Engine:
         clean_label = self.labels(await self.responses(image, "clean", [0], sigma, seed, extra, tally))[0]
         selection: list[QueryRecord] = []
         estimation: list[QueryRecord] = []
+        selection_labels: list[str] = []
+        estimation_labels: list[str] = []  # decided once per sample, however many looks follow
         verdict = None
         for look in looks:
             wanted = range(len(estimation), look)
@@ -307,10 +318,12 @@ class Engine:
                     self.responses(image, "selection", range(n_selection), sigma, seed, extra, tally),
                     self.responses(image, "estimation", wanted, sigma, seed, extra, tally),
                 )
+                selection_labels = self.labels(selection)
             else:
                 est_records = await self.responses(image, "estimation", wanted, sigma, seed, extra, tally)
             estimation += est_records
-            verdict = mode.certify(options, sigma, Samples(clean_label, self.labels(selection), self.labels(estimation)))
+            estimation_labels += self.labels(est_records)
+            verdict = mode.certify(options, sigma, Samples(clean_label, selection_labels, estimation_labels))
             if verdict.complete:
                 break
         assert verdict is not None and verdict.complete  # the last look always decides
