@@ -154,15 +154,21 @@ async def test_provider_batches_are_the_chunks_slices():
     assert sorted(provider.calls) == sorted(slices)
 
 
-async def test_lookahead_is_bounded(monkeypatch):
-    started: list[list[int]] = []
+@pytest.fixture
+def started(monkeypatch) -> list[list[int]]:
+    """The chunks whose encoding started, in order (Engine._encode_samples recorded)."""
+    chunks: list[list[int]] = []
     encode_samples = Engine._encode_samples
 
     def record(self, image, phase, chunk, sigma, seed):
-        started.append(list(chunk))
+        chunks.append(list(chunk))
         return encode_samples(self, image, phase, chunk, sigma, seed)
 
     monkeypatch.setattr(Engine, "_encode_samples", record)
+    return chunks
+
+
+async def test_lookahead_is_bounded(started):
     provider = Recorder(gate=asyncio.Event())
     engine = make(provider, denoise_batch=2)
     engine.prepare_ahead = 2
@@ -174,15 +180,7 @@ async def test_lookahead_is_bounded(monkeypatch):
     assert started == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
 
 
-async def test_nothing_new_starts_after_a_send_failed_for_good(monkeypatch):
-    started: list[list[int]] = []
-    encode_samples = Engine._encode_samples
-
-    def record(self, image, phase, chunk, sigma, seed):
-        started.append(list(chunk))
-        return encode_samples(self, image, phase, chunk, sigma, seed)
-
-    monkeypatch.setattr(Engine, "_encode_samples", record)
+async def test_nothing_new_starts_after_a_send_failed_for_good(started):
     image = picture()
     provider = Recorder(reject={chunkwise_bytes(image, "estimation", [0], 1)[0]})
     engine = make(provider, denoise_batch=2)

@@ -119,8 +119,7 @@ def replay_records(
     rule = resolve_rule(rule)
     collector = Collector(rule, sigma)
     collector.add_records(records, source)
-    opts = ReplayOptions(alpha, n0, n, mode, getattr(rule, "name", "custom"))
-    return [certify_group(group, opts) for group in collector.finish()]
+    return _recount(collector, rule, alpha, n0, n, mode)
 
 
 def replay(
@@ -147,6 +146,9 @@ def replay(
         raise ConfigError("no query logs given")
     _check_options(alpha, n0, n, mode, sigma)
     rule = resolve_rule(rule)
-    collector = collect(paths, rule, sigma, max(1, int(workers)))
+    return _recount(collect(paths, rule, sigma, max(1, int(workers))), rule, alpha, n0, n, mode)
+
+
+def _recount(collector: Collector, rule: Rule, alpha: float, n0: int | None, n: int | None, mode: str) -> list[Certificate]:
     opts = ReplayOptions(alpha, n0, n, mode, getattr(rule, "name", "custom"))
     return [certify_group(group, opts) for group in collector.finish()]
