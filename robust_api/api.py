@@ -176,10 +176,9 @@ class RobustAPI:
         """Certify many images concurrently; returns Certificate objects in input order."""
         params = CertifyParams(sigma=noise_sd, n0=N0, n=N, alpha=alpha, mode=mode, seed=self.seed, **kw)
         loaded = [_load(x) for x in images]
-        engine = self.engine_for(noise_sd)
+        self.engine_for(noise_sd)  # loads the denoiser here, in the caller's thread, not on the loop
         assert self._session is not None
-        positions = self._session.next_positions(len(loaded))
-        return self._run(certify_all(engine, loaded, params, positions=positions))
+        return self._run(self._session.certify_all(loaded, params))
 
     def predict_smoothed(self, img: Any, N: int, noise_sd: float, alpha: float = 0.001, seed: int | None = None) -> Prediction:
         """A Prediction object (label None when the binomial test abstains)."""

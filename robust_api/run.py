@@ -19,33 +19,12 @@ from robust_api.session import Session, SessionConfig
 
 
 @dataclass
-class RunConfig:
-    """Everything a certification run needs besides the images."""
+class RunConfig(SessionConfig):
+    """Everything a certification run needs besides the images: the session's parts (SessionConfig), the
+    certification parameters and where the results TSV goes."""
 
-    api: str
-    params: CertifyParams
-    endpoint: str | None = None
-    emulator: bool = False
-    emulator_knobs: Any = None
-    denoiser: str | None = None
-    log: Path | None = None
-    out: Path | None = None
-    decision: str = "top1"
-    concurrency: int = 16
-    rate_per_s: float | None = None
-    burst: int = 1
-    max_attempts: int = 6
-    timeout_s: float = 60.0
-    provider_options: dict[str, Any] = field(default_factory=dict)
-    fsync: bool = True
-
-    def session_config(self) -> SessionConfig:
-        return SessionConfig(
-            api=self.api, endpoint=self.endpoint, emulator=self.emulator, emulator_knobs=self.emulator_knobs,
-            provider_options=dict(self.provider_options), denoiser=self.denoiser, log=self.log, fsync=self.fsync,
-            decision=self.decision, concurrency=self.concurrency, rate_per_s=self.rate_per_s, burst=self.burst,
-            max_attempts=self.max_attempts, timeout_s=self.timeout_s,
-        )
+    params: CertifyParams = field(kw_only=True)
+    out: Path | None = field(default=None, kw_only=True)
 
 
 @dataclass
@@ -70,7 +49,7 @@ def run_certification(
     from robust_api.images import LoadedImage, load_image
 
     loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
-    with Session(config.session_config()) as session:
+    with Session(config) as session:
         session.engine_for(config.params.sigma)  # load the denoiser before the clock of the first call starts
         done = 0
 
