@@ -80,7 +80,8 @@ class Pacer:
     provider's own token bucket would reject. After an idle spell the first request goes at once and
     `burst` - 1 more may follow back to back (burst=1: none). `hold(t)` puts every later send at or after t,
     also the one asleep for its turn, spaced as usual (no burst after a pause). `clock` and `sleep` are
-    injectable so that tests need no real time.
+    injectable so that tests need no real time. A Dispatcher may be given another object with the same
+    `interval`, `hold(until)` and `acquire(check)` (the Ray backend's pacer shared by every worker).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class Dispatcher:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         stats: RunStats | None = None,
+        pacer: "Pacer | None" = None,
     ) -> None:
         if concurrency < 1 or max_attempts < 1 or burst < 1:
             raise ValueError("concurrency, max_attempts and burst must be >= 1")
@@ -156,7 +158,8 @@ class Dispatcher:
         self.timeout_s = timeout_s
         self.stats = stats if stats is not None else RunStats()
         self._semaphore = asyncio.Semaphore(concurrency)
-        self._pacer = Pacer(self.rate_per_s, burst)
+        # A pacer shared with other dispatchers (the Ray backend's one rate limit across workers) or our own.
+        self._pacer = pacer if pacer is not None else Pacer(self.rate_per_s, burst)
         self._paused_until = 0.0
         self._fatal: ProviderError | None = None  # auth/quota failure: nothing more is sent
         self._probe_started = False

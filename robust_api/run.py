@@ -50,7 +50,7 @@ def run_certification(
 
     loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
     with Session(config) as session:
-        session.engine_for(config.params.sigma)  # load the denoiser before the clock of the first call starts
+        session.prepare(config.params.sigma)  # load the denoiser before the clock of the first call starts
         done = 0
 
         def on_done(cert: Certificate) -> None:

@@ -37,6 +37,13 @@ class SessionConfig:
     one). emulator: start that provider's emulator in-process (emulator_knobs / emulator_labeller configure it).
     denoiser: None, a name (shipped, `ffdnet-color`, `tv`, `tv:W`), a checkpoint path, or a torch module.
     log: JSONL query log, appended to and read as the cache. decision: rule spec or a callable.
+    backend: "local" (this process, asyncio) or "ray" (images sharded over Ray actors, each a session built from
+    this config; see robust_api.backends.ray_backend): `ray_address` joins a cluster (default: RAY_ADDRESS, or an
+    embedded local instance), `workers` sets the number of actors (default: one per CPU of the cluster, at
+    most one per image). The remaining fields are how a backend builds its workers' sessions:
+    `emulator_url` (an emulator already running there; the adapter gets its dummy credential), `pacer` (a
+    send-time pacer shared with other sessions, so the rate limit is one across workers) and `sink` (an object
+    with write(record) receiving every new record instead of the log file: the driver is the one writer).
     """
 
     api: str
@@ -56,6 +63,12 @@ class SessionConfig:
     max_attempts: int = 6
     timeout_s: float = 60.0
     run_id: str | None = None
+    backend: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    emulator_url: str | None = None
+    pacer: Any = None
+    sink: Any = None
 
 
 class Session:
@@ -65,6 +78,9 @@ class Session:
         from robust_api.decision import resolve_rule
         from robust_api.query_logs import LogIndex, QueryLogWriter
 
+        from robust_api.backends import check_backend
+
+        check_backend(config.backend)
         self.config = config
         self.rule = resolve_rule(config.decision)
         self.stats = RunStats()
@@ -77,11 +93,14 @@ class Session:
         try:
             self.provider = self._build_provider()
             self.index = LogIndex.from_logs([config.log]) if config.log is not None else LogIndex()
-            self.writer = (self._closers.enter_context(QueryLogWriter(config.log, fsync=config.fsync))
-                           if config.log is not None else None)
+            if config.sink is not None:
+                self.writer = config.sink
+            else:
+                self.writer = (self._closers.enter_context(QueryLogWriter(config.log, fsync=config.fsync))
+                               if config.log is not None else None)
             self.dispatcher = Dispatcher(
                 self.provider, concurrency=config.concurrency, rate_per_s=config.rate_per_s, burst=config.burst,
-                max_attempts=config.max_attempts, timeout_s=config.timeout_s, stats=self.stats,
+                max_attempts=config.max_attempts, timeout_s=config.timeout_s, stats=self.stats, pacer=config.pacer,
             )
         except BaseException:
             self._closers.close()
@@ -94,6 +113,8 @@ class Session:
         config = self.config
         if config.provider is not None:
             return config.provider
+        if config.emulator_url is not None:
+            return provider_for_emulator(config.api, config.emulator_url, **config.provider_options)
         if config.emulator and config.api != "local":
             self.emulator = emulator_class(config.api)(knobs=config.emulator_knobs, labeller=config.emulator_labeller)
             url = self._closers.enter_context(self.emulator.running())
@@ -121,6 +142,17 @@ class Session:
             )
         return engine
 
+    def prepare(self, sigma: float | None) -> None:
+        """Load what certifying at `sigma` needs before the first call's clock starts (the denoiser); on the
+        Ray backend each worker loads its own, so nothing is loaded here."""
+        if self.config.backend == "local":
+            self.engine_for(sigma)
+
+    @property
+    def emulator_url(self) -> str | None:
+        """Where this session's in-process emulator listens (None without one)."""
+        return self.emulator.url if self.emulator is not None else self.config.emulator_url
+
     def next_positions(self, count: int) -> list[int]:
         """Input positions for the next `count` images (logged, so replay lists images in input order)."""
         return [next(self._positions) for _ in range(count)]
@@ -129,9 +161,16 @@ class Session:
         self, images: Sequence[Any], params: CertifyParams, *, max_images_in_flight: int = 4,
         on_done: Callable[[Certificate], None] | None = None,
     ) -> list[Certificate]:
-        """Certify images at params.sigma (see `certify_all`), positions taken from this session."""
+        """Certify images at params.sigma (see `certify_all`), positions taken from this session, on this
+        session's backend: here, or sharded over Ray workers (same certificates, same log records)."""
+        positions = self.next_positions(len(images))
+        if self.config.backend == "ray":
+            from robust_api.backends.ray_backend import certify_on_ray
+
+            return await certify_on_ray(self, images, params, positions=positions, on_done=on_done,
+                                        max_images_in_flight=max_images_in_flight)
         return await certify_all(self.engine_for(params.sigma), images, params, max_images_in_flight=max_images_in_flight,
-                                 on_done=on_done, positions=self.next_positions(len(images)))
+                                 on_done=on_done, positions=positions)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def aclose(self) -> None:

@@ -17,6 +17,7 @@ class LogIndex:
 
     def __init__(self) -> None:
         self._records: dict[SampleKey, QueryRecord] = {}
+        self._by_image: dict[str, list[QueryRecord]] = {}
         self.duplicates = 0
 
     @classmethod
@@ -42,6 +43,7 @@ class LogIndex:
             self.duplicates += 1
             return False
         self._records[key] = record
+        self._by_image.setdefault(record.image, []).append(record)
         return True
 
     def get(self, key: SampleKey) -> QueryRecord | None:
@@ -58,3 +60,7 @@ class LogIndex:
 
     def records(self) -> Iterator[QueryRecord]:
         return iter(self._records.values())
+
+    def for_image(self, image_sha256: str) -> list[QueryRecord]:
+        """Every indexed record of one image (any provider, sigma, denoiser, seed), in the order indexed."""
+        return list(self._by_image.get(image_sha256, ()))

@@ -1,0 +1,283 @@
+"""The Ray backend: a session's images sharded over Ray actors, with the driver as the one log writer.
+
+How a run goes:
+- The driver's `Session` (built from the user's `SessionConfig`) keeps what must be one: the query log (its
+  writer and cache index), the emulator if asked for, the run id and the images' input positions.
+- Each worker is a Ray actor holding a `Session` built from the *same* config (`worker_config`): provider
+  adapter, dispatcher, denoiser (loaded once per noise level, on the worker's GPU where the cluster has
+  them), engine. Nothing of the assembly is copied here.
+- Images are handed out one at a time to whichever worker has a free slot (`max_images_in_flight` per
+  worker), together with the records the log already holds for that image, so a logged sample is never
+  requested again. The worker certifies the image with the same engine code as the local backend and streams
+  back every new record the moment its answer arrives, then the certificate. The driver appends each record
+  to the log (append + flush + fsync, torn-tail repair: `QueryLogWriter`) and indexes it.
+- Noise is a function of (seed, image, phase, index) and labels of the responses, so where an image runs does
+  not change its certificate: the results equal the local backend's, row for row (input order), and replay
+  of the log reproduces them, `idx` included (records carry the driver's run id and positions).
+- Rate limit: one pacer actor holds the send schedule (`dispatch.Pacer`) for every worker, so requests leave
+  `1/rate` apart across the cluster and a throttle pauses them all; the concurrency cap is split between
+  workers (`concurrency // workers`, at least 1 each).
+- A worker that dies (SIGKILL, OOM, node lost) loses at most its calls in flight: Ray restarts it (up to
+  `MAX_RESTARTS` times) and the image starts again on it from the records the driver has logged, so nothing
+  logged is paid for again. A killed driver leaves a log that a rerun (on either backend) resumes from.
+
+Ray is an optional dependency: `pip install 'robust-api[ray]'`. With no address (`ray_address` or
+RAY_ADDRESS) an embedded local instance starts (~6 s) and is reused by later runs in the same process.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from robust_api.dispatch import Pacer
+from robust_api.errors import ConfigError, ProviderError, RobustAPIError
+from robust_api.images import LoadedImage, load_image
+from robust_api.modes import CertifyParams
+from robust_api.results import Certificate
+from robust_api.session import Session, SessionConfig
+
+__all__ = ["certify_on_ray", "connect", "worker_config", "RemotePacer", "MAX_RESTARTS"]
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 2  # a worker restarted more often than this fails the run (its images' errors are raised)
+_DEAD_WORKER_RETRIES = 2  # times one image is started again after its worker died
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the Ray backend needs Ray: pip install 'robust-api[ray]'") from None
+    return ray
+
+
+def connect(address: str | None = None) -> Any:
+    """Connect to Ray once per process: to `address` (or RAY_ADDRESS) when given, else start an embedded local
+    instance with this machine's CPUs. Returns the ray module. ConfigError when Ray is missing or the cluster
+    cannot be reached."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                 configure_logging=False)
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {exc}") from None
+    return ray
+
+
+# -- the one rate limit ------------------------------------------------------------------------------------
+
+class _PacerActor:
+    """Holds the send schedule every worker's dispatcher draws its send times from (an async actor)."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.pacer = Pacer(rate_per_s, burst)
+
+    async def acquire(self) -> None:
+        await self.pacer.acquire()
+
+    async def hold_for(self, seconds: float) -> None:
+        self.pacer.hold(time.monotonic() + max(0.0, seconds))
+
+
+class RemotePacer:
+    """A worker's view of the pacer actor, with `dispatch.Pacer`'s interface: `acquire(check)` returns when
+    this request may leave; `hold(until)` (a monotonic time on this host) pauses every worker's sends. Pauses
+    travel as durations, since hosts' monotonic clocks differ."""
+
+    def __init__(self, actor: Any, rate_per_s: float) -> None:
+        self.actor = actor
+        self.interval = 1.0 / rate_per_s
+
+    def hold(self, until: float) -> None:
+        self.actor.hold_for.remote(until - time.monotonic())
+
+    async def acquire(self, check: Callable[[], None] | None = None) -> float:
+        if check is not None:
+            check()
+        await self.actor.acquire.remote()
+        if check is not None:
+            check()  # an auth/quota failure seen while waiting: this request does not leave
+        return time.monotonic()
+
+
+# -- workers ---------------------------------------------------------------------------------------------
+
+class _Router:
+    """The worker session's log sink: hands each new record to the stream of the image it belongs to."""
+
+    def __init__(self) -> None:
+        self.queues: dict[int, asyncio.Queue] = {}
+
+    def write(self, record: Any) -> None:
+        self.queues[record.extra["position"]].put_nowait(record)
+
+
+class _Worker:
+    """A Ray actor: one session built from the driver's config, certifying the images it is handed."""
+
+    def __init__(self, config: SessionConfig, pacer_name: str, rate_per_s: float) -> None:
+        import ray
+
+        # The pacer is looked up by name: a restarted worker then finds it again (handles passed as constructor
+        # arguments live in the object store, which Ray cannot promise to keep for a restart).
+        pacer = RemotePacer(ray.get_actor(pacer_name), rate_per_s)
+        self.router = _Router()
+        self.session = Session(dataclasses.replace(config, pacer=pacer, sink=self.router))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def stats(self) -> dict:
+        return self.session.stats.as_dict()
+
+    async def certify(self, image: LoadedImage, position: int, params: CertifyParams, cached: list) -> Any:
+        """Stream ("record", QueryRecord) for every sample paid for, then ("certificate", Certificate) or
+        ("error", exception)."""
+        for record in cached:
+            self.session.index.add(record)
+        queue: asyncio.Queue = asyncio.Queue()
+        self.router.queues[position] = queue
+        try:
+            engine = self.session.engine_for(params.sigma)
+            task = asyncio.ensure_future(engine.certify(image, params, position=position))
+            while not (task.done() and queue.empty()):
+                if not queue.empty():
+                    yield ("record", queue.get_nowait())
+                    continue
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield ("record", getter.result())
+                else:
+                    getter.cancel()
+            error = task.exception()
+            yield ("error", _portable(error)) if error is not None else ("certificate", task.result())
+        except Exception as exc:  # a denoiser that does not load, a bad config: reported, not a dead worker
+            yield ("error", _portable(exc))
+        finally:
+            self.router.queues.pop(position, None)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception as the driver should raise it (typed robust-api errors keep their type and fields)."""
+    if isinstance(exc, ProviderError):
+        return type(exc)(exc.provider, exc.kind, exc.reason, request_id=exc.request_id, status=exc.status,
+                         retry_after_s=exc.retry_after_s)
+    if isinstance(exc, RobustAPIError) and type(exc).__init__ is Exception.__init__:
+        return type(exc)(*exc.args)
+    return RobustAPIError(f"{type(exc).__name__} on a Ray worker: {exc}")
+
+
+def worker_config(config: SessionConfig, *, run_id: str, emulator_url: str | None, concurrency: int) -> SessionConfig:
+    """The workers' session config: the driver's, less what only the driver holds (the log, the emulator it
+    started), plus the driver's run id and its emulator's address."""
+    return dataclasses.replace(
+        config, backend="local", log=None, emulator=False, emulator_knobs=None, emulator_labeller=None,
+        emulator_url=emulator_url, run_id=run_id, concurrency=concurrency, pacer=None, sink=None,
+    )
+
+
+def _worker_count(ray: Any, requested: int | None, images: int) -> int:
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError("workers must be at least 1")
+        return requested
+    return max(1, min(images, int(ray.cluster_resources().get("CPU", 1))))
+
+
+# -- the driver ------------------------------------------------------------------------------------------
+
+async def certify_on_ray(
+    session: Session, images: Sequence[Any], params: CertifyParams, *, positions: Sequence[int],
+    on_done: Callable[[Certificate], None] | None = None, max_images_in_flight: int = 4,
+) -> list[Certificate]:
+    """Certify `images` on Ray workers built from `session.config`; certificates in input order.
+
+    Every record a worker pays for is written to the session's log and index here, before the certificate it
+    belongs to is counted. Like the local backend, every image runs to completion or failure before the first
+    failure is raised. Raises ConfigError when Ray is missing or unreachable, the provider errors the workers
+    met, and RobustAPIError when a worker died more than MAX_RESTARTS times.
+    """
+    ray = connect(session.config.ray_address)
+    loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
+    if not loaded:
+        return []
+    config = session.config
+    workers_n = _worker_count(ray, config.workers, len(loaded))
+    rate = session.dispatcher.rate_per_s
+    pacer_name = f"robust-api-pacer-{session.run_id}-{os.getpid()}-{time.monotonic_ns()}"
+    pacer = ray.remote(num_cpus=0)(_PacerActor).options(name=pacer_name).remote(rate, config.burst)
+    share = max(1, config.concurrency // workers_n)
+    spec = worker_config(config, run_id=session.run_id, emulator_url=session.emulator_url, concurrency=share)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    actor = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers_n) if gpus else 0,
+                       max_restarts=MAX_RESTARTS, max_task_retries=0)(_Worker)
+    workers = [actor.remote(spec, pacer_name, rate) for _ in range(workers_n)]
+    results: list[Certificate | BaseException | None] = [None] * len(loaded)
+    pending = asyncio.Queue()
+    for i in range(len(loaded)):
+        pending.put_nowait(i)
+
+    def write(record: Any) -> None:
+        if session.writer is not None:
+            session.writer.write(record)  # flushed (and fsynced) before the sample counts
+        if record.seed is not None:
+            session.index.add(record)
+        session.stats.billable_calls += 1
+
+    async def one(worker: Any, i: int) -> Certificate:
+        image = loaded[i]
+        for attempt in range(_DEAD_WORKER_RETRIES + 1):
+            cached = session.index.for_image(image.sha256)
+            try:
+                async for ref in worker.certify.remote(image, positions[i], params, cached):
+                    kind, value = await ref
+                    if kind == "record":
+                        write(value)
+                    elif kind == "certificate":
+                        return value
+                    else:
+                        raise value
+            except ray.exceptions.RayActorError as exc:
+                if attempt == _DEAD_WORKER_RETRIES:
+                    raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
+                                         "what it logged is kept: rerun to resume") from None
+                log.warning("a Ray worker died while certifying %s; starting it again from the logged samples", image.name)
+        raise AssertionError("unreachable")
+
+    async def serve(worker: Any) -> None:
+        while not pending.empty():
+            i = pending.get_nowait()
+            try:
+                cert = await one(worker, i)
+            except Exception as exc:
+                results[i] = exc
+                continue
+            session.stats.cache_hits += cert.cache_hits
+            results[i] = cert
+            if on_done is not None:
+                on_done(cert)
+
+    try:
+        await asyncio.gather(*(serve(w) for w in workers for _ in range(max_images_in_flight)))
+        totals = await asyncio.gather(*(w.stats.remote() for w in workers), return_exceptions=True)
+        for total in totals:
+            if isinstance(total, dict):
+                session.stats.requests += total["requests"]
+                session.stats.retries.update(total["retries"])
+                session.stats.failures.update(total["failures"])
+    finally:
+        for w in [*workers, pacer]:
+            ray.kill(w)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)  # type: ignore[arg-type]
