@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from robust_api.errors import LogError
 
@@ -24,7 +24,10 @@ class Certificate:
     `label` is the certified class, or None when the smoothed classifier abstains (then `radius_l2` is 0.0).
     With probability >= 1 - alpha over the noise, `label` is the smoothed classifier's prediction everywhere
     within L2 distance `radius_l2` of the image. `clean_label` is the provider's label on the clean image
-    (None when it was not queried); `correct` compares the two, as in the paper.
+    (None when it was not queried). `true_label` is the image's known class (an ImageFolder image's subfolder),
+    None when unknown. `correct` compares the certified label with the true label when it is known (Cohen et al.'s
+    CIFAR/ImageNet tables), else with the clean label (the paper's API experiments, where the API's own clean
+    answer is the reference).
     """
 
     image: str  # sha256 of the clean image (or a legacy id)
@@ -42,6 +45,7 @@ class Certificate:
     cache_hits: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    true_label: str | None = None
 
     @property
     def abstained(self) -> bool:
@@ -49,7 +53,8 @@ class Certificate:
 
     @property
     def correct(self) -> bool:
-        return self.label is not None and self.clean_label is not None and self.label == self.clean_label
+        reference = self.true_label if self.true_label is not None else self.clean_label
+        return self.label is not None and reference is not None and self.label == reference
 
     def as_tuple(self) -> tuple[Any, float]:
         """The reference's (majority_class, radius) with abstain as (-1, 0.0)."""
@@ -105,7 +110,8 @@ class Prediction:
 
 
 def write_results_tsv(path: str | Path, certificates: Iterable[Certificate]) -> None:
-    """Write Cohen-format results: idx, label (clean label), predict (-1 = abstain), radius, correct (0/1), time."""
+    """Write Cohen-format results: idx, label (the true label when known, else the clean label), predict
+    (-1 = abstain), radius, correct (0/1), time."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
         writer.writerow(TSV_HEADER)
@@ -113,13 +119,28 @@ def write_results_tsv(path: str | Path, certificates: Iterable[Certificate]) -> 
             writer.writerow(
                 [
                     idx,
-                    cert.clean_label if cert.clean_label is not None else "",
+                    _reference_label(cert),
                     ABSTAIN if cert.label is None else cert.label,
                     f"{cert.radius_l2:.6g}",
                     int(cert.correct),
                     f"{cert.seconds:.4f}",
                 ]
             )
+
+
+def _reference_label(cert: Certificate) -> str:
+    if cert.true_label is not None:
+        return cert.true_label
+    return cert.clean_label if cert.clean_label is not None else ""
+
+
+def with_true_labels(certificates: list[Certificate], true_labels: Sequence[str | None]) -> list[Certificate]:
+    """Set each certificate's `true_label` from the list in the same order (None leaves it unknown)."""
+    if len(certificates) != len(true_labels):
+        raise ValueError(f"{len(certificates)} certificates but {len(true_labels)} true labels")
+    for cert, truth in zip(certificates, true_labels):
+        cert.true_label = truth
+    return certificates
 
 
 def read_results_tsv(path: str | Path) -> list[Mapping[str, str]]:

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from robust_api.errors import ConfigError, ImageError
+from robust_api.datasets import IMAGE_SUFFIXES, decode_rgb_uint8
+from robust_api.errors import ConfigError
 
 SPLITS = ("train", "heldout", "all")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _WNID = re.compile(r"^n\d{8}_")
 IMAGENET_CLASSES = 1000
 
@@ -59,14 +58,6 @@ def is_imagenet_samples(files: Sequence[Path]) -> bool:
     return len(files) == IMAGENET_CLASSES and all(_WNID.match(f.name) for f in files)
 
 
-def _decode(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read image ({exc})") from exc
-
-
 def load_folder(folder: str | Path, split: str = "all", *, limit: int | None = None, threads: int = 4) -> list[FolderPhoto]:
     """The photos of `folder` in `split` (train | heldout | all), decoded once, in sorted order.
 
@@ -83,7 +74,7 @@ def load_folder(folder: str | Path, split: str = "all", *, limit: int | None = N
     if not chosen:
         raise ConfigError(f"{folder}: no photos in split {split!r}")
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # Pillow's JPEG decoder releases the GIL
-        pixels = list(pool.map(_decode, [f for _, f in chosen]))
+        pixels = list(pool.map(decode_rgb_uint8, [f for _, f in chosen]))
     return [FolderPhoto(f.name, px, i, i if imagenet else None) for (i, f), px in zip(chosen, pixels)]
 
 

@@ -7,7 +7,9 @@
 - any callable `image -> scored labels`, where the image is an RGB PIL image (`input="pil"`, default) or a
   float32 HWC array in [0, 1] (`input="array"`), and scored labels are (name, score in [0, 1]) pairs or a
   {name: score} mapping, in any order;
-- a string "package.module:attribute" naming one of the above (for the CLI).
+- a string "package.module:attribute" naming one of the above (for the CLI);
+- a string path to a `.pt`/`.pth` checkpoint written by `robust-api classifier train` (a CIFAR ResNet): served
+  with the class names it stores, on 32x32 RGB [0, 1] tensors, model version `<arch>@<weights hash>`.
 Responses look like {"predictions": [{"label", "score"}...top_k, best first], "modelVersion": str}.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import io
 import math
 import threading
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -43,12 +46,24 @@ def module_version(module: Any, name: str) -> str:
     return f"{name}@{digest.hexdigest()[:12]}"
 
 
+def names_checkpoint(spec: str) -> bool:
+    """Whether a model string names a checkpoint file (.pt/.pth, or any existing file) rather than a model name
+    or 'package.module:attribute'."""
+    return spec.endswith((".pt", ".pth")) or Path(spec).expanduser().is_file()
+
+
 def _resolve(spec: str) -> Any:
     if spec == DEFAULT_MODEL:
         return None
+    if names_checkpoint(spec):
+        from robust_api.cifar_resnet import load_classifier  # imports torch: only when a checkpoint is asked for
+
+        return load_classifier(spec)
     module_name, _, attribute = spec.partition(":")
     if not attribute:
-        raise ConfigError(f"local model {spec!r}: use {DEFAULT_MODEL!r} or 'package.module:attribute'")
+        raise ConfigError(
+            f"local model {spec!r}: use {DEFAULT_MODEL!r}, 'package.module:attribute' or a checkpoint path (.pt)"
+        )
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
@@ -102,6 +117,8 @@ class LocalProvider(Provider):
         self._input = input
         self._lock = threading.Lock()  # one model run at a time: each already uses every core
         if isinstance(model, str):
+            if model_name is None and names_checkpoint(model):
+                model_name = Path(model).name
             model = _resolve(model)
         self._classifier = None
         self._callable: Callable[[Any], Any] | None = None
