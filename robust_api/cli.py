@@ -1,4 +1,5 @@
-"""The `robust-api` command line: certify, replay, import-legacy, plan, emulate, report, denoiser, demo.
+"""The `robust-api` command line: certify, replay, import-legacy, plan, emulate, report, denoiser, classifier,
+demo.
 
 Adding a command: write a function decorated with `@app.command("name")` (or `app.add_typer(sub, name=...)`
 for a group), import heavy modules (torch, providers, engine) inside the function so start-up stays fast,
@@ -316,15 +317,24 @@ def _provider_options(api: str, azure_api_version: Optional[str], min_confidence
     return options
 
 
-def _images(paths: Sequence[Path]) -> list:
+def _images(paths: Sequence[Path], skip: int = 1, max_images: Optional[int] = None) -> tuple[list, list]:
+    """The images to certify and their true labels (an ImageFolder image's class, else None): files as given,
+    folders expanded in data-set order, then every `skip`-th, at most `max_images` (robust_api.datasets)."""
+    from robust_api.datasets import image_arguments
     from robust_api.images import load_image
 
-    return [load_image(p) for p in paths]
+    chosen = image_arguments(paths, skip=skip, max=max_images)
+    names = [f"{f.class_name}/{f.path.name}" if f.class_name is not None else None for f in chosen]
+    return [load_image(f.path, name=name) for f, name in zip(chosen, names)], [f.class_name for f in chosen]
 
 
 @app.command("certify")
 def certify_command(
-    images: List[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files to certify."),
+    images: List[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files or folders to certify; an "
+                                        "ImageFolder folder (one subfolder per class) gives each image its true class."),
+    skip: int = typer.Option(1, "--skip", min=1, help="Certify every K-th image of the list (0, K, 2K, ...), "
+                             "like certify.py --skip."),
+    max_images: Optional[int] = typer.Option(None, "--max", min=1, help="Certify at most this many (after --skip)."),
     api: str = typer.Option(..., "--api", help=API_HELP),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Provider URL override (e.g. an emulator)."),
     emulator: bool = typer.Option(False, "--emulator", help="Start the provider's emulator in-process (dry run, no credentials)."),
@@ -372,8 +382,14 @@ def certify_command(
         log=log, out=out, decision=decision, concurrency=concurrency, rate_per_s=rate, max_attempts=max_attempts,
         timeout_s=timeout_s, provider_options=_provider_options(api, azure_api_version, min_confidence),
     )
-    loaded = _images(images)
+    loaded, true_labels = _images(images, skip, max_images)
     result = _run_with_progress(loaded, config)
+    if any(label is not None for label in true_labels):  # correct = certified class is the true class
+        from robust_api.results import with_true_labels
+
+        with_true_labels(result.certificates, true_labels)
+        if out is not None:
+            _write_tsv(out, result.certificates)
     out_console = console()
     if table:
         out_console.print(certificate_table(result.certificates))
@@ -713,6 +729,11 @@ def mount_denoiser_app(args: Sequence[str]) -> None:
             """Train, evaluate and list denoisers."""
 
     app.add_typer(denoiser_app, name="denoiser", help=DENOISER_HELP)
+
+
+from robust_api.classifier_cli import CLASSIFIER_HELP, classifier_app  # noqa: E402  (typer only; torch inside)
+
+app.add_typer(classifier_app, name="classifier", help=CLASSIFIER_HELP)
 
 
 # -- entry point ------------------------------------------------------------------------------------
