@@ -22,11 +22,15 @@ def _group() -> None:
     """Train and evaluate CIFAR classifiers (ResNets in He et al.'s CIFAR layout)."""
 
 
-def _recipe(command: str) -> str:
-    """The command line as `robust-api classifier <command> ...`, whatever entry point ran it (kept in checkpoints)."""
-    argv = sys.argv[1:]
-    args = argv[argv.index(command) + 1 :] if command in argv else argv
-    return f"robust-api classifier {command} " + " ".join(shlex.quote(a) for a in args)
+def _recipe(data: Path, config) -> str:
+    """The training command that reproduces `config` on `data`, every setting spelt out (kept in checkpoints)."""
+    parts = ["robust-api classifier train --data", shlex.quote(str(data)), "--arch", config.arch, "--epochs",
+             str(config.epochs), "--batch", str(config.batch), "--lr", f"{config.lr:g}", "--weight-decay",
+             f"{config.weight_decay:g}", "--noise-sd", f"{config.noise_sd:g}", "--seed", str(config.seed),
+             "--bf16" if config.bf16 else "--no-bf16"]
+    if config.limit_train is not None:
+        parts += ["--limit-train", str(config.limit_train)]
+    return " ".join(parts)
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -74,7 +78,7 @@ def train_command(
 
     ckpt = train_classifier(
         data, out, config, resume=resume, device=device, cache_dir=cache_dir, mirror=mirror,
-        recipe=_recipe("train"), on_epoch=show,
+        recipe=_recipe(data, config), on_epoch=show,
     )
     typer.echo(f"wrote {out} (epoch {ckpt['epoch']}/{epochs})")
 

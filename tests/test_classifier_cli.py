@@ -1,0 +1,85 @@
+"""`robust-api classifier train|eval`: progress per epoch, resume after a kill, clean accuracy; and a trained
+checkpoint certifying an ImageFolder subset through the local provider."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robust_api import cli
+from robust_api.cifar_resnet import read_checkpoint
+from robust_api.engine import CertifyParams
+from robust_api.run import RunConfig, run_certification
+from robust_api.datasets import image_arguments
+from robust_api.results import with_true_labels
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
+
+
+def write_cifar_like(root):
+    """`root/{train,test}/{cat,dog}/NNNN.png`: 32x32, cats reddish, dogs bluish, plus noise."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        for c, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                base = np.array((200, 60, 60) if c == 0 else (60, 60, 200))
+                pixels = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_cifar_like(tmp_path_factory.mktemp("cifar"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_train_prints_one_line_per_epoch_resumes_and_eval_reports_accuracy(data, tmp_path, capsys):
+    out = tmp_path / "runs" / "c.pt"
+    args = ["classifier", "train", "--data", data, "--epochs", "2", "--batch", "4", "--threads", "1", "--out", out,
+            "--mirror", tmp_path / "mirror", "--cache-dir", tmp_path / "cache"]
+    code, text, err = run_cli(capsys, *args)
+    assert code == 0, err
+    lines = text.splitlines()
+    assert lines[0].startswith("epoch 1/2  loss ") and "train acc" in lines[0] and "test acc" in lines[0]
+    assert lines[-1] == f"wrote {out} (epoch 2/2)"
+    assert read_checkpoint(tmp_path / "mirror" / "c.pt")["epoch"] == 2
+    assert read_checkpoint(out)["recipe"].startswith("robust-api classifier train --data ")
+
+    code, _, err = run_cli(capsys, *args)  # a second fresh run must not overwrite the first
+    assert code == 2 and "--resume" in err
+    code, text, err = run_cli(capsys, *args, "--resume")  # nothing left to do: the run is complete
+    assert code == 0 and text.strip() == f"wrote {out} (epoch 2/2)"
+
+    code, text, err = run_cli(capsys, "classifier", "eval", "--data", data / "test", "--model", out, "--threads", "1")
+    assert code == 0, err
+    assert "c.pt: resnet20 after 2 epochs: clean accuracy" in text and "4 images" in text
+
+
+def test_a_trained_checkpoint_certifies_every_other_test_image_through_the_local_provider(data, tmp_path, capsys):
+    out = tmp_path / "c.pt"
+    code, _, err = run_cli(capsys, "classifier", "train", "--data", data, "--epochs", "3", "--batch", "4", "--lr",
+                           "0.05", "--no-bf16", "--threads", "1", "--out", out)
+    assert code == 0, err
+    chosen = image_arguments([data / "test"], skip=2)
+    config = RunConfig(api="local", provider_options={"model": str(out)}, params=CertifyParams(
+        sigma=0.12, n0=4, n=20, alpha=0.05))
+    result = run_certification([f.path for f in chosen], config)
+    certificates = with_true_labels(result.certificates, [f.class_name for f in chosen])
+    assert [c.true_label for c in certificates] == ["cat", "dog"]
+    assert all(c.correct and c.radius_l2 > 0 for c in certificates)
