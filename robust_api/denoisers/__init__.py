@@ -1,7 +1,8 @@
 """Denoisers for denoised smoothing: reference-compatible DnCNN / MemNet, checkpoints, training, shipped weights.
 
 Public surface:
-    load_denoiser(name_or_path, device=None) -> nn.Module     shipped name (sha256-verified), tv / tv:W, or a path
+    load_denoiser(name_or_path, device=None) -> nn.Module     shipped name (sha256-verified), tv / tv:W,
+                                                               diffusion:PATH (a pretrained DDPM, one step), or a path
     denoiser_identity(module_or_name) -> {"name", "sha256"}    what the query logs record
     list_denoisers() -> [DenoiserWeights]                      the shipped weights with their metadata
     optimize_for_inference(module) -> nn.Module                BatchNorm folded + channels_last, same outputs

@@ -1,8 +1,9 @@
 """Shipped denoisers as values with metadata (like torchvision's weights enums), and `load_denoiser`.
 
 `load_denoiser("ffdnet64-s0.25")` resolves a registry name to the file inside the package and verifies its sha256;
-any other string is a checkpoint path (reference format or ours). `denoiser_identity` gives the {"name", "sha256"}
-pair the query logs record, so a cached sample is only reused with the same weights.
+`diffusion:PATH` is a pretrained diffusion model used as a one-shot denoiser (see `diffusion`); any other string is
+a checkpoint path (reference format or ours). `denoiser_identity` gives the {"name", "sha256"} pair the query logs
+record, so a cached sample is only reused with the same weights.
 """
 from __future__ import annotations
 
@@ -86,8 +87,14 @@ def resolve_path(name_or_path: str | Path) -> Path:
     """A registry name -> its verified file; anything else -> that path. CheckpointError on sha256 mismatch.
 
     Names are the shipped denoisers and the pretrained files of other packages (`pretrained.PRETRAINED`).
+    `diffusion:PATH` -> PATH once it is a diffusers directory or a guided-diffusion checkpoint with its settings
+    file (CheckpointError otherwise; ConfigError when a diffusers directory needs the missing `diffusion` extra).
     """
+    from robust_api.denoisers import diffusion
     from robust_api.denoisers.pretrained import PRETRAINED
+
+    if diffusion.split_spec(name_or_path) is not None:
+        return diffusion.check_spec(str(name_or_path))
 
     if isinstance(name_or_path, str) and name_or_path in PRETRAINED:
         external = PRETRAINED[name_or_path]
@@ -132,10 +139,16 @@ def load_denoiser(
     cached samples are only reused at the same setting. Trained checkpoints keep the level they were trained at.
     Classical denoisers are names too: `tv` (scikit-image TV, weight 0.6 * sigma; ConfigError without a sigma) and
     `tv:W` (weight W), see `classical`; they have no file, and `optimize` leaves them float32.
+    `diffusion:PATH` is a pretrained diffusion model denoising in one step at the timestep matching `sigma`
+    (ConfigError without a sigma), logged as `diffusion:<name>@t=...,sigma=...,resize=HxW,cfg=...`, see `diffusion`.
     Raises CheckpointError for unknown names, tampered shipped files and non-checkpoint files.
     """
+    from robust_api.denoisers import diffusion
     from robust_api.denoisers.pretrained import PRETRAINED
 
+    if diffusion.split_spec(name_or_path) is not None:
+        module = diffusion.load_diffusion_denoiser(str(name_or_path), sigma, device, trusted=trusted)
+        return diffusion.optimize_diffusion(module) if optimize else module
     if isinstance(name_or_path, str):
         from robust_api.denoisers.classical import parse_classical
 
@@ -170,16 +183,20 @@ def load_denoiser(
 def denoiser_identity(
     module_or_name: nn.Module | str | Path | None, *, sigma: float | None = None
 ) -> dict[str, str] | None:
-    """{"name", "sha256"} of a denoiser (module from load_denoiser, shipped name, `tv`/`tv:W`, or path); None for
-    no denoiser. `sigma` is the certification noise level, needed by `tv` (ConfigError without it).
+    """{"name", "sha256"} of a denoiser (module from load_denoiser, shipped name, `tv`/`tv:W`, `diffusion:PATH`, or
+    path); None for no denoiser. `sigma` is the certification noise level, needed by `tv` and `diffusion:PATH`
+    (ConfigError without it).
 
     A module not loaded through load_denoiser is identified by the sha256 of its state_dict tensors.
     """
     if module_or_name is None:
         return None
     if isinstance(module_or_name, str):
+        from robust_api.denoisers import diffusion
         from robust_api.denoisers.classical import parse_classical
 
+        if diffusion.split_spec(module_or_name) is not None:
+            return diffusion.diffusion_identity(module_or_name, sigma)
         classical = parse_classical(module_or_name, sigma)
         if classical is not None:
             return denoiser_identity(classical)
