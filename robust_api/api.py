@@ -33,7 +33,9 @@ class RobustAPI:
     endpoint: URL override (e.g. a local emulator); emulator=True starts that provider's emulator in-process
     (no credentials needed). log: JSONL query log to append to and to read the cache from. decision: "top1",
     "vocab:PATH" or "present:LABEL[:THRESHOLD]". provider: an already-built Provider instance (e.g. a
-    LocalProvider around your own model). Other keyword options go to the provider adapter.
+    LocalProvider around your own model). backend: "local" (default) or "ray": `certify` and `certify_many`
+    shard images over Ray workers (`ray_address`, `workers`: see robust_api.backends.ray_backend), with the same
+    certificates and log; `predict` always runs here. Other keyword options go to the provider adapter.
     """
 
     def __init__(
@@ -53,6 +55,9 @@ class RobustAPI:
         seed: int = 0,
         provider: Any = None,
         emulator_labeller: Any = None,
+        backend: str = "local",
+        ray_address: str | None = None,
+        workers: int | None = None,
         **provider_options: Any,
     ) -> None:
         self.api_name = api_name
@@ -69,7 +74,8 @@ class RobustAPI:
         self._session = Session(SessionConfig(
             api=api_name, endpoint=endpoint, emulator=emulator, emulator_labeller=emulator_labeller, provider=provider,
             provider_options=provider_options, denoiser=denoiser, log=log, decision=self.rule, concurrency=concurrency,
-            rate_per_s=rate_per_s, max_attempts=max_attempts, timeout_s=timeout_s,
+            rate_per_s=rate_per_s, max_attempts=max_attempts, timeout_s=timeout_s, backend=backend,
+            ray_address=ray_address, workers=workers,
         ))
         self._closers.callback(self._session.close)
         self.provider = self._session.provider
@@ -158,7 +164,10 @@ class RobustAPI:
         params = CertifyParams(sigma=noise_sd, n0=N0, n=N, alpha=alpha, mode=mode, seed=self.seed, **kw)
         engine = self.engine_for(noise_sd)
         assert self._session is not None
-        cert = self._run(engine.certify(image, params, position=self._session.next_positions(1)[0]))
+        if self._session.config.backend == "local":
+            cert = self._run(engine.certify(image, params, position=self._session.next_positions(1)[0]))
+        else:
+            cert = self._run(self._session.certify_all([image], params))[0]
         logs = self._run(self._logs(engine, image, params, cert))
         label, radius = cert.as_tuple()
         return label, radius, logs
@@ -176,8 +185,9 @@ class RobustAPI:
         """Certify many images concurrently; returns Certificate objects in input order."""
         params = CertifyParams(sigma=noise_sd, n0=N0, n=N, alpha=alpha, mode=mode, seed=self.seed, **kw)
         loaded = [_load(x) for x in images]
-        self.engine_for(noise_sd)  # loads the denoiser here, in the caller's thread, not on the loop
         assert self._session is not None
+        if self._session.config.backend == "local":
+            self.engine_for(noise_sd)  # loads the denoiser here, in the caller's thread, not on the loop
         return self._run(self._session.certify_all(loaded, params))
 
     def predict_smoothed(self, img: Any, N: int, noise_sd: float, alpha: float = 0.001, seed: int | None = None) -> Prediction:

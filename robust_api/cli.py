@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
@@ -364,6 +365,12 @@ def certify_command(
     emu_p_reset: float = typer.Option(0.0, "--emu-p-reset", help="With --emulator: probability of a connection reset."),
     emu_latency_ms: float = typer.Option(0.0, "--emu-latency-ms", help="With --emulator: added latency."),
     table: bool = typer.Option(True, "--table/--no-table", help="Print the per-image certificate table."),
+    backend: str = typer.Option("local", "--backend", help="local (this process) or ray (images sharded over Ray "
+                                "workers; same certificates and log; needs robust-api[ray])."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, "
+                                              "else an embedded local instance)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: one per cluster CPU, "
+                                          "at most one per image)."),
 ) -> None:
     """Certify images against a provider: noise -> denoise -> query -> log -> certificate."""
     from robust_api.engine import CertifyParams
@@ -381,7 +388,10 @@ def certify_command(
         api=api, params=params, endpoint=endpoint, emulator=emulator, emulator_knobs=knobs, denoiser=denoiser,
         log=log, out=out, decision=decision, concurrency=concurrency, rate_per_s=rate, max_attempts=max_attempts,
         timeout_s=timeout_s, provider_options=_provider_options(api, azure_api_version, min_confidence),
+        backend=backend, ray_address=ray_address, workers=workers,
     )
+    if backend == "local" and (ray_address is not None or workers is not None):
+        raise ConfigError("--ray-address and --workers apply to --backend ray")
     loaded, true_labels = _images(images, skip, max_images)
     result = _run_with_progress(loaded, config)
     if any(label is not None for label in true_labels):  # correct = certified class is the true class
@@ -407,16 +417,23 @@ def _run_line(result) -> str:
             f"requests {s.requests}, retries: {retries}, failures: {failures}")
 
 
-def progress_text(done: int, total: int, calls: int, cache_hits: int) -> str:
-    """The one wording of progress, for every command: images finished, calls paid, answers found in the log."""
-    return f"images done {done}/{total} · calls paid {calls} · cache hits {cache_hits}"
+def progress_text(done: int, total: int, calls: int, cache_hits: int, samples_per_s: float | None = None,
+                  eta_s: float | None = None) -> str:
+    """The one wording of progress, for every command: images finished, calls paid, answers found in the log;
+    with a rate, samples per second (paid and cached) and the time left at the images' pace so far."""
+    text = f"images done {done}/{total} · calls paid {calls} · cache hits {cache_hits}"
+    if samples_per_s is not None:
+        text += f" · {samples_per_s:,.0f} samples/s"
+    if eta_s is not None:
+        text += f" · ETA {_duration(eta_s)}"
+    return text
 
 
 def _run_with_progress(images: list, config):
     """run_certification with a live progress line on stderr when it is a terminal (nothing otherwise: piped
     stderr carries only warnings and errors). Images finish in any order (they are certified concurrently), so
     the line counts finished images and the run's calls so far; both only grow."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
     from robust_api.run import run_certification
 
@@ -425,16 +442,32 @@ def _run_with_progress(images: list, config):
     if not err.is_terminal:
         return run_certification(images, config)
 
+    started = time.monotonic()
+
+    def info(done: int, stats) -> str:
+        elapsed = time.monotonic() - started
+        samples = stats.billable_calls + stats.cache_hits
+        rate = samples / elapsed if elapsed > 1.0 and samples else None
+        eta = elapsed / done * (total - done) if done else None
+        retries = sum(stats.retries.values())
+        text = progress_text(done, total, stats.billable_calls, stats.cache_hits, rate, eta)
+        return text + (f" · retries {retries}" if retries else "")
+
+    live: dict = {"done": 0, "stats": None}
+
+    class LiveInfo(ProgressColumn):  # re-rendered at every refresh: samples/s moves between finished images
+        def render(self, task) -> str:
+            stats = live["stats"]
+            return progress_text(0, total, 0, 0) if stats is None else info(live["done"], stats)
+
     with Progress(
-        TextColumn("[bold]certify[/]"), BarColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"), console=err, transient=True,
+        TextColumn("[bold]certify[/]"), BarColumn(), TimeElapsedColumn(), LiveInfo(), console=err, transient=True,
     ) as progress:
-        task = progress.add_task("certify", total=total, info=progress_text(0, total, 0, 0))
+        task = progress.add_task("certify", total=total)
 
         def update(event, stats, done) -> None:
-            retries = sum(stats.retries.values())
-            info = progress_text(done, total, stats.billable_calls, stats.cache_hits)
-            progress.update(task, completed=done, info=info + (f" · retries {retries}" if retries else ""))
+            live.update(done=done, stats=stats)
+            progress.update(task, completed=done)
 
         return run_certification(images, config, progress=update)
 

@@ -44,7 +44,8 @@ def run_certification(
 ) -> RunResult:
     """Certify `images` (paths, arrays or LoadedImage) under `config`; writes the log and the TSV if asked.
 
-    progress(event, stats, images_done) is called after each image ("image") and at the end ("done").
+    progress(event, stats, images_done) is called once before the first call ("start"; `stats` is the run's
+    live counters, which keep moving between events), after each image ("image") and at the end ("done").
     """
     from robust_api.images import LoadedImage, load_image
 
@@ -52,6 +53,8 @@ def run_certification(
     with Session(config) as session:
         session.prepare(config.params.sigma)  # load the denoiser before the clock of the first call starts
         done = 0
+        if progress is not None:
+            progress("start", session.stats, 0)
 
         def on_done(cert: Certificate) -> None:
             nonlocal done

@@ -5,7 +5,8 @@ How a run goes:
   writer and cache index), the emulator if asked for, the run id and the images' input positions.
 - Each worker is a Ray actor holding a `Session` built from the *same* config (`worker_config`): provider
   adapter, dispatcher, denoiser (loaded once per noise level, on the worker's GPU where the cluster has
-  them), engine. Nothing of the assembly is copied here.
+  them), engine. Nothing of the assembly is copied here. Workers outlive a run: later runs in the same
+  process reuse them (a new session each), so only the first pays Ray's worker start and imports (~3-5 s).
 - Images are handed out one at a time to whichever worker has a free slot (`max_images_in_flight` per
   worker), together with the records the log already holds for that image, so a logged sample is never
   requested again. The worker certifies the image with the same engine code as the local backend and streams
@@ -75,34 +76,42 @@ def connect(address: str | None = None) -> Any:
 # -- the one rate limit ------------------------------------------------------------------------------------
 
 class _PacerActor:
-    """Holds the send schedule every worker's dispatcher draws its send times from (an async actor)."""
+    """Holds each run's send schedule, which every worker's dispatcher draws its send times from (an async
+    actor, kept for the process's later runs like the workers)."""
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self.pacer = Pacer(rate_per_s, burst)
+    def __init__(self) -> None:
+        self.pacers: dict[str, Pacer] = {}
 
-    async def acquire(self) -> None:
-        await self.pacer.acquire()
+    async def open(self, token: str, rate_per_s: float, burst: int) -> None:
+        self.pacers[token] = Pacer(rate_per_s, burst)
 
-    async def hold_for(self, seconds: float) -> None:
-        self.pacer.hold(time.monotonic() + max(0.0, seconds))
+    async def close(self, token: str) -> None:
+        self.pacers.pop(token, None)
+
+    async def acquire(self, token: str) -> None:
+        await self.pacers[token].acquire()
+
+    async def hold_for(self, token: str, seconds: float) -> None:
+        self.pacers[token].hold(time.monotonic() + max(0.0, seconds))
 
 
 class RemotePacer:
-    """A worker's view of the pacer actor, with `dispatch.Pacer`'s interface: `acquire(check)` returns when
-    this request may leave; `hold(until)` (a monotonic time on this host) pauses every worker's sends. Pauses
-    travel as durations, since hosts' monotonic clocks differ."""
+    """A worker's view of its run's schedule in the pacer actor, with `dispatch.Pacer`'s interface:
+    `acquire(check)` returns when this request may leave; `hold(until)` (a monotonic time on this host) pauses
+    every worker's sends. Pauses travel as durations, since hosts' monotonic clocks differ."""
 
-    def __init__(self, actor: Any, rate_per_s: float) -> None:
+    def __init__(self, actor: Any, token: str, rate_per_s: float) -> None:
         self.actor = actor
+        self.token = token
         self.interval = 1.0 / rate_per_s
 
     def hold(self, until: float) -> None:
-        self.actor.hold_for.remote(until - time.monotonic())
+        self.actor.hold_for.remote(self.token, until - time.monotonic())
 
     async def acquire(self, check: Callable[[], None] | None = None) -> float:
         if check is not None:
             check()
-        await self.actor.acquire.remote()
+        await self.actor.acquire.remote(self.token)
         if check is not None:
             check()  # an auth/quota failure seen while waiting: this request does not leave
         return time.monotonic()
@@ -121,32 +130,49 @@ class _Router:
 
 
 class _Worker:
-    """A Ray actor: one session built from the driver's config, certifying the images it is handed."""
+    """A Ray actor holding sessions built from drivers' configs (one per run, by token), certifying the images
+    it is handed. Workers outlive a run (`_pool`): the next run in this process reuses them without paying
+    Ray's process start and the imports again, and only builds its session."""
 
-    def __init__(self, config: SessionConfig, pacer_name: str, rate_per_s: float) -> None:
-        import ray
-
-        # The pacer is looked up by name: a restarted worker then finds it again (handles passed as constructor
-        # arguments live in the object store, which Ray cannot promise to keep for a restart).
-        pacer = RemotePacer(ray.get_actor(pacer_name), rate_per_s)
-        self.router = _Router()
-        self.session = Session(dataclasses.replace(config, pacer=pacer, sink=self.router))
+    def __init__(self) -> None:
+        self.runs: dict[str, tuple[Session, _Router]] = {}
 
     def pid(self) -> int:
         return os.getpid()
 
-    def stats(self) -> dict:
-        return self.session.stats.as_dict()
+    def open(self, token: str, config: SessionConfig, pacer_name: str, rate_per_s: float) -> None:
+        """Build this run's session. The pacer is looked up by name (a handle passed as an argument would
+        live in the object store, which Ray cannot promise to keep for a restarted worker)."""
+        import ray
 
-    async def certify(self, image: LoadedImage, position: int, params: CertifyParams, cached: list) -> Any:
+        if token in self.runs:
+            return
+        router = _Router()
+        pacer = RemotePacer(ray.get_actor(pacer_name), token, rate_per_s)
+        self.runs[token] = (Session(dataclasses.replace(config, pacer=pacer, sink=router)), router)
+
+    async def close(self, token: str) -> dict:
+        """Close the run's session; its counters (requests, retries, failures); {} for a run this worker does not
+        hold (it was restarted and never handed another image of that run)."""
+        if token not in self.runs:
+            return {}
+        session, _ = self.runs.pop(token)
+        try:
+            await session.aclose()
+        finally:
+            session.close()
+        return session.stats.as_dict()
+
+    async def certify(self, token: str, image: LoadedImage, position: int, params: CertifyParams, cached: list) -> Any:
         """Stream ("record", QueryRecord) for every sample paid for, then ("certificate", Certificate) or
         ("error", exception)."""
+        session, router = self.runs[token]
         for record in cached:
-            self.session.index.add(record)
+            session.index.add(record)
         queue: asyncio.Queue = asyncio.Queue()
-        self.router.queues[position] = queue
+        router.queues[position] = queue
         try:
-            engine = self.session.engine_for(params.sigma)
+            engine = session.engine_for(params.sigma)
             task = asyncio.ensure_future(engine.certify(image, params, position=position))
             while not (task.done() and queue.empty()):
                 if not queue.empty():
@@ -163,7 +189,40 @@ class _Worker:
         except Exception as exc:  # a denoiser that does not load, a bad config: reported, not a dead worker
             yield ("error", _portable(exc))
         finally:
-            self.router.queues.pop(position, None)
+            router.queues.pop(position, None)
+
+
+# Workers (and the pacer) started by this process, reused by its later runs (see _Worker); forgotten when
+# the Ray connection changes.
+_pool: list[Any] = []
+_pool_owner: list[Any] = [None]
+_pacer: dict[str, Any] = {}
+
+
+def _own_pool(ray: Any) -> None:
+    owner = ray.get_runtime_context().get_job_id()
+    if _pool_owner[0] != owner:
+        _pool.clear()
+        _pacer.clear()
+        _pool_owner[0] = owner
+
+
+def _pacer_actor(ray: Any) -> tuple[Any, str]:
+    """The pacer actor and its name (started when missing)."""
+    _own_pool(ray)
+    if "actor" not in _pacer:
+        name = f"robust-api-pacer-{os.getpid()}-{time.monotonic_ns()}"
+        _pacer.update(actor=ray.remote(num_cpus=0)(_PacerActor).options(name=name).remote(), name=name)
+    return _pacer["actor"], _pacer["name"]
+
+
+def _workers(ray: Any, count: int, gpus_each: float) -> list[Any]:
+    """`count` pool workers (started when missing)."""
+    _own_pool(ray)
+    actor = ray.remote(num_cpus=1, num_gpus=gpus_each, max_restarts=MAX_RESTARTS, max_task_retries=0)(_Worker)
+    while len(_pool) < count:
+        _pool.append(actor.remote())
+    return _pool[:count]
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -183,6 +242,18 @@ def worker_config(config: SessionConfig, *, run_id: str, emulator_url: str | Non
         config, backend="local", log=None, emulator=False, emulator_knobs=None, emulator_labeller=None,
         emulator_url=emulator_url, run_id=run_id, concurrency=concurrency, pacer=None, sink=None,
     )
+
+
+def _drop(workers: list[Any]) -> None:
+    """Forget pool workers that are gone for good (restarts used up), so the next run starts new ones."""
+    import ray
+
+    for worker in workers:
+        try:
+            ray.get(worker.pid.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if worker in _pool:
+                _pool.remove(worker)
 
 
 def _worker_count(ray: Any, requested: int | None, images: int) -> int:
@@ -213,14 +284,13 @@ async def certify_on_ray(
     config = session.config
     workers_n = _worker_count(ray, config.workers, len(loaded))
     rate = session.dispatcher.rate_per_s
-    pacer_name = f"robust-api-pacer-{session.run_id}-{os.getpid()}-{time.monotonic_ns()}"
-    pacer = ray.remote(num_cpus=0)(_PacerActor).options(name=pacer_name).remote(rate, config.burst)
+    token = f"{session.run_id}-{os.getpid()}-{time.monotonic_ns()}"
+    pacer, pacer_name = _pacer_actor(ray)
+    await pacer.open.remote(token, rate, config.burst)
     share = max(1, config.concurrency // workers_n)
     spec = worker_config(config, run_id=session.run_id, emulator_url=session.emulator_url, concurrency=share)
     gpus = ray.cluster_resources().get("GPU", 0.0)
-    actor = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers_n) if gpus else 0,
-                       max_restarts=MAX_RESTARTS, max_task_retries=0)(_Worker)
-    workers = [actor.remote(spec, pacer_name, rate) for _ in range(workers_n)]
+    workers = _workers(ray, workers_n, min(1.0, gpus / workers_n) if gpus else 0)
     results: list[Certificate | BaseException | None] = [None] * len(loaded)
     pending = asyncio.Queue()
     for i in range(len(loaded)):
@@ -238,7 +308,8 @@ async def certify_on_ray(
         for attempt in range(_DEAD_WORKER_RETRIES + 1):
             cached = session.index.for_image(image.sha256)
             try:
-                async for ref in worker.certify.remote(image, positions[i], params, cached):
+                await worker.open.remote(token, spec, pacer_name, rate)  # again after a restart: state is lost
+                async for ref in worker.certify.remote(token, image, positions[i], params, cached):
                     kind, value = await ref
                     if kind == "record":
                         write(value)
@@ -268,15 +339,16 @@ async def certify_on_ray(
 
     try:
         await asyncio.gather(*(serve(w) for w in workers for _ in range(max_images_in_flight)))
-        totals = await asyncio.gather(*(w.stats.remote() for w in workers), return_exceptions=True)
+    finally:
+        totals = await asyncio.gather(*(w.close.remote(token) for w in workers), return_exceptions=True)
         for total in totals:
-            if isinstance(total, dict):
+            if isinstance(total, dict) and total:
                 session.stats.requests += total["requests"]
                 session.stats.retries.update(total["retries"])
                 session.stats.failures.update(total["failures"])
-    finally:
-        for w in [*workers, pacer]:
-            ray.kill(w)
+            elif isinstance(total, ray.exceptions.RayActorError):
+                _drop(workers)
+        await pacer.close.remote(token)
     for result in results:
         if isinstance(result, BaseException):
             raise result
