@@ -71,7 +71,7 @@ def train_cmd(
     depth: Optional[int] = typer.Option(None, "--depth", help="Network depth (dncnn, ffdnet)."),
     width: Optional[int] = typer.Option(None, "--width", help="Network width (dncnn, ffdnet; an ffdnet --init wider than this is pruned to it)."),
     objective: str = typer.Option("mse", "--objective", help="mse | stab | stab+mse"),
-    surrogate: List[str] = typer.Option([], "--surrogate", help="Frozen classifier for stab (repeatable): efficientnet-lite0, torchvision:NAME."),
+    surrogate: List[str] = typer.Option([], "--surrogate", help="Frozen classifier for stab (repeatable): efficientnet-lite0/1/2, torchvision:NAME, or a `classifier train` checkpoint (.pt)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this checkpoint / shipped name (required for stab+mse)."),
     steps: int = typer.Option(2000, "--steps"),
     batch: int = typer.Option(32, "--batch"),

@@ -5,9 +5,13 @@ converted from TensorFlow's EfficientNet-Lite, which normalises pixels as (255*x
 on the 0..255 scale); that normalisation lives inside the wrapper so callers pass plain [0,1] images.
 `torchvision:NAME` loads a torchvision model's default pretrained weights when torchvision is importable and
 the weights are already cached (nothing is downloaded: torch hub is pointed at its cache only).
+A path to a `.pt`/`.pth` checkpoint written by `robust-api classifier train` (a CIFAR ResNet, which normalises its
+[0,1] input itself) is a surrogate with that checkpoint's classes: the target itself (full access) or another
+network trained on the same data (query access).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -16,7 +20,10 @@ from torch import nn
 from robust_api import classifiers
 from robust_api.errors import ConfigError
 
-SURROGATES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "torchvision:<model name>")
+SURROGATES = (
+    "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "torchvision:<model name>",
+    "<classifier checkpoint>.pt",
+)
 
 
 class Normalized(nn.Module):
@@ -82,12 +89,17 @@ def _torchvision(name: str) -> nn.Module:
 
 
 def load_surrogate(name: str, device: str | torch.device | None = None) -> nn.Module:
-    """A frozen classifier by name (`efficientnet-lite0/1/2` or `torchvision:NAME`) on `device` (default CPU)."""
+    """A frozen classifier by name (`efficientnet-lite0/1/2`, `torchvision:NAME` or a classifier checkpoint path)
+    on `device` (default CPU)."""
     lite = {f"efficientnet{sep}lite{v}": v for v in classifiers.LITE_WEIGHTS for sep in ("-", "_")}
     if name in lite:
         model = efficientnet_lite(lite[name])
     elif name.startswith("torchvision:"):
         model = _torchvision(name.split(":", 1)[1])
+    elif name.endswith((".pt", ".pth")) or Path(name).expanduser().is_file():
+        from robust_api.cifar_resnet import model_from_checkpoint, read_checkpoint
+
+        model = freeze(model_from_checkpoint(read_checkpoint(name)))
     else:
         raise ConfigError(f"unknown surrogate {name!r}; known: {', '.join(SURROGATES)}")
     return model.to(device or "cpu")

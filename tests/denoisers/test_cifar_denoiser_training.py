@@ -1,0 +1,60 @@
+"""CIFAR denoisers through `robust-api denoiser train`: cifar_dncnn on 32x32 patches of an ImageFolder tree (MSE),
+then Stab+MSE through a CIFAR classifier checkpoint as the frozen surrogate (full or query access)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robust_api import cli
+from robust_api.cifar_resnet import CifarResNet
+from robust_api.denoisers.checkpoints import read_checkpoint_dict
+from robust_api.denoisers.surrogates import load_surrogate
+
+
+def write_tree(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i:04d}.png")
+    return root
+
+
+def classifier_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = CifarResNet("resnet20", 2)
+    torch.save({"arch": "resnet20", "class_names": ["cat", "dog"], "state_dict": model.state_dict()}, path)
+    return path
+
+
+def run_cli(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert (exit_info.value.code or 0) == 0, err
+    return out
+
+
+def test_a_classifier_checkpoint_is_a_frozen_surrogate_taking_unit_range_images(tmp_path):
+    surrogate = load_surrogate(str(classifier_checkpoint(tmp_path / "c.pt")))
+    assert surrogate(torch.rand(3, 3, 32, 32)).shape == (3, 2)
+    assert not any(p.requires_grad for p in surrogate.parameters()) and not surrogate.training
+
+
+def test_cifar_dncnn_mse_then_stab_mse_through_a_classifier_checkpoint(tmp_path, capsys):
+    train = write_tree(tmp_path / "train")
+    surrogate = classifier_checkpoint(tmp_path / "resnet20.pt")
+    common = ["denoiser", "train", "--images", train, "--split", "all", "--patch", "32", "--arch", "cifar_dncnn",
+              "--sigma", "0.25", "--batch", "2", "--steps", "2", "--checkpoint-every", "1", "--threads", "1"]
+    run_cli(capsys, *common, "--out", tmp_path / "mse.pt")
+    mse = read_checkpoint_dict(tmp_path / "mse.pt")
+    assert mse["arch"] == "cifar_dncnn" and "8 photos" in mse["meta"]["train"]["data"]
+    run_cli(capsys, *common, "--out", tmp_path / "stab.pt", "--objective", "stab+mse", "--init", tmp_path / "mse.pt",
+            "--surrogate", surrogate)
+    stab = read_checkpoint_dict(tmp_path / "stab.pt")
+    assert stab["meta"]["train"]["surrogates"] == [str(surrogate)]
+    assert any(not torch.equal(tensor, mse["state_dict"][name]) for name, tensor in stab["state_dict"].items())
