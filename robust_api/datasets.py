@@ -86,7 +86,7 @@ def image_folder(root: str | Path, *, skip: int = 1, max: int | None = None) -> 
     else:
         files = [LabelledFile(p, None, None) for p in _images_in(folder)]
     if not files:
-        raise ConfigError(f"{root}: no image files found (expected class subfolders or image files)")
+        raise ConfigError(f"{root}: is a directory with no image files (expected class subfolders or image files)")
     chosen = files[::skip]
     if max is not None:
         chosen = chosen[: builtins.max(0, max)]
