@@ -371,6 +371,9 @@ def certify_command(
                                               "else an embedded local instance)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: one per cluster CPU, "
                                           "at most one per image)."),
+    full_access: bool = typer.Option(False, "--full-access", help="With --api local: batched denoiser + model on "
+                                     "the noisy copies, one count record per range of 1000 samples instead of a "
+                                     "record per call (for N = 10^4-10^5)."),
 ) -> None:
     """Certify images against a provider: noise -> denoise -> query -> log -> certificate."""
     from robust_api.engine import CertifyParams
@@ -388,7 +391,7 @@ def certify_command(
         api=api, params=params, endpoint=endpoint, emulator=emulator, emulator_knobs=knobs, denoiser=denoiser,
         log=log, out=out, decision=decision, concurrency=concurrency, rate_per_s=rate, max_attempts=max_attempts,
         timeout_s=timeout_s, provider_options=_provider_options(api, azure_api_version, min_confidence),
-        backend=backend, ray_address=ray_address, workers=workers,
+        backend=backend, ray_address=ray_address, workers=workers, full_access=full_access,
     )
     if backend == "local" and (ray_address is not None or workers is not None):
         raise ConfigError("--ray-address and --workers apply to --backend ray")

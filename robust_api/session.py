@@ -19,14 +19,14 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from robust_api.dispatch import Dispatcher, RunStats
 from robust_api.engine import Engine
 from robust_api.modes import CertifyParams
 from robust_api.results import Certificate
 
-__all__ = ["SessionConfig", "Session", "certify_all"]
+__all__ = ["SessionConfig", "Session", "certify_all", "run_images"]
 
 
 @dataclass
@@ -37,6 +37,8 @@ class SessionConfig:
     one). emulator: start that provider's emulator in-process (emulator_knobs / emulator_labeller configure it).
     denoiser: None, a name (shipped, `ffdnet-color`, `tv`, `tv:W`), a checkpoint path, or a torch module.
     log: JSONL query log, appended to and read as the cache. decision: rule spec or a callable.
+    full_access: certify a model run here (api "local") from label counts per range of samples, logged as count
+    records (robust_api.full_access), instead of one record per call: the paper's N = 10^4-10^5 per image.
     backend: "local" (this process, asyncio) or "ray" (images sharded over Ray actors, each a session built from
     this config; see robust_api.backends.ray_backend): `ray_address` joins a cluster (default: RAY_ADDRESS, or an
     embedded local instance), `workers` sets the number of actors (default: one per CPU of the cluster, at
@@ -66,6 +68,7 @@ class SessionConfig:
     backend: str = "local"
     ray_address: str | None = None
     workers: int | None = None
+    full_access: bool = False
     emulator_url: str | None = None
     pacer: Any = None
     sink: Any = None
@@ -89,6 +92,7 @@ class Session:
         self._closers = contextlib.ExitStack()
         self._positions = itertools.count()
         self._engines: dict[float | None, Engine] = {}
+        self._count_index = None
         self._denoiser_spec, self._denoiser_module = _split_denoiser(config.denoiser)
         try:
             self.provider = self._build_provider()
@@ -102,6 +106,10 @@ class Session:
                 self.provider, concurrency=config.concurrency, rate_per_s=config.rate_per_s, burst=config.burst,
                 max_attempts=config.max_attempts, timeout_s=config.timeout_s, stats=self.stats, pacer=config.pacer,
             )
+            if config.full_access:
+                from robust_api.full_access import check_full_access
+
+                check_full_access(self.provider)
         except BaseException:
             self._closers.close()
             raise
@@ -153,6 +161,21 @@ class Session:
         """Where this session's in-process emulator listens (None without one)."""
         return self.emulator.url if self.emulator is not None else self.config.emulator_url
 
+    @property
+    def count_index(self):
+        """The count records (full access) the log holds, read on first use: query_logs.counts.CountIndex."""
+        if self._count_index is None:
+            from robust_api.query_logs.counts import CountIndex
+
+            self._count_index = CountIndex.from_logs([self.config.log] if self.config.log is not None else [])
+        return self._count_index
+
+    def write_counts(self, record: Any) -> None:
+        """Log a count record (before it counts) and tally its samples as paid."""
+        if self.writer is not None:
+            self.writer.write(record)
+        self.stats.billable_calls += record.n
+
     def next_positions(self, count: int) -> list[int]:
         """Input positions for the next `count` images (logged, so replay lists images in input order)."""
         return [next(self._positions) for _ in range(count)]
@@ -169,6 +192,19 @@ class Session:
 
             return await certify_on_ray(self, images, params, positions=positions, on_done=on_done,
                                         max_images_in_flight=max_images_in_flight)
+        if self.config.full_access:
+            from robust_api.full_access import LocalRanges, RangeCounter, certify_counted
+
+            counter = RangeCounter(self.engine_for(params.sigma), self.config.decision)
+            compute, identity = LocalRanges(counter), counter.identity()
+
+            async def counted(image, position: int) -> Certificate:
+                cert = await certify_counted(image, params, position=position, identity=identity,
+                                             index=self.count_index, compute=compute, write=self.write_counts)
+                self.stats.cache_hits += cert.cache_hits
+                return cert
+
+            return await run_images(images, positions, counted, max_images_in_flight, on_done)
         return await certify_all(self.engine_for(params.sigma), images, params, max_images_in_flight=max_images_in_flight,
                                  on_done=on_done, positions=positions)
 
@@ -198,20 +234,33 @@ async def certify_all(
     input order whatever order their calls finished in. Every image runs to completion or failure before the
     first failure is raised, so nothing paid is lost.
     """
+    places = list(positions) if positions is not None else list(range(len(images)))
+
+    async def one(image, position: int) -> Certificate:
+        return await engine.certify(image, params, position=position)
+
+    return await run_images(images, places, one, max_images_in_flight, on_done)
+
+
+async def run_images(
+    images: Sequence[Any], positions: Sequence[int], certify_one: Callable[[Any, int], Awaitable[Certificate]],
+    max_images_in_flight: int = 4, on_done: Callable[[Certificate], None] | None = None,
+) -> list[Certificate]:
+    """certify_one(image, position) for every image, a few at once, certificates in input order; every image
+    runs to completion or failure before the first failure is raised (nothing paid is lost)."""
     from robust_api.images import LoadedImage, load_image
 
     loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
-    places = list(positions) if positions is not None else list(range(len(loaded)))
     gate = asyncio.Semaphore(max_images_in_flight)
 
     async def one(image, position):
         async with gate:
-            cert = await engine.certify(image, params, position=position)
+            cert = await certify_one(image, position)
             if on_done is not None:
                 on_done(cert)
             return cert
 
-    results = await asyncio.gather(*(one(im, p) for im, p in zip(loaded, places)), return_exceptions=True)
+    results = await asyncio.gather(*(one(im, p) for im, p in zip(loaded, positions)), return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result

@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import socket
 import time
 from typing import Any, Callable, Sequence
 
@@ -136,6 +137,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.runs: dict[str, tuple[Session, _Router]] = {}
+        self.counting = asyncio.Lock()
 
     def pid(self) -> int:
         return os.getpid()
@@ -162,6 +164,26 @@ class _Worker:
         finally:
             session.close()
         return session.stats.as_dict()
+
+    async def identity(self, token: str, sigma: float) -> dict:
+        """Full access: what keys this run's count records (provider, settings, denoiser id, run)."""
+        from robust_api.full_access import RangeCounter
+
+        session, _ = self.runs[token]
+        return RangeCounter(session.engine_for(sigma), session.config.decision).identity()
+
+    async def count(self, token: str, image: LoadedImage, params: CertifyParams, phase: str, start: int, stop: int,
+                    extra: dict) -> Any:
+        """Full access: the count record of samples [start, stop), one range at a time per worker (a second
+        one waits here, already delivered, so the worker never idles between ranges)."""
+        from robust_api.full_access import RangeCounter
+
+        session, _ = self.runs[token]
+        async with self.counting:
+            counter = RangeCounter(session.engine_for(params.sigma), session.config.decision)
+            record = await asyncio.to_thread(counter.record, image, params.sigma, params.seed, phase, start, stop, extra)
+        record.extra["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # informational: where it was counted
+        return record
 
     async def certify(self, token: str, image: LoadedImage, position: int, params: CertifyParams, cached: list) -> Any:
         """Stream ("record", QueryRecord) for every sample paid for, then ("certificate", Certificate) or
@@ -291,6 +313,13 @@ async def certify_on_ray(
     spec = worker_config(config, run_id=session.run_id, emulator_url=session.emulator_url, concurrency=share)
     gpus = ray.cluster_resources().get("GPU", 0.0)
     workers = _workers(ray, workers_n, min(1.0, gpus / workers_n) if gpus else 0)
+    if config.full_access:
+        try:
+            return await _certify_counted(ray, session, workers, token, spec, pacer_name, rate, loaded, params,
+                                          positions, on_done, max_images_in_flight)
+        finally:
+            await asyncio.gather(*(w.close.remote(token) for w in workers), return_exceptions=True)
+            await pacer.close.remote(token)
     results: list[Certificate | BaseException | None] = [None] * len(loaded)
     pending = asyncio.Queue()
     for i in range(len(loaded)):
@@ -353,3 +382,45 @@ async def certify_on_ray(
         if isinstance(result, BaseException):
             raise result
     return list(results)  # type: ignore[arg-type]
+
+
+async def _certify_counted(ray: Any, session: Session, workers: list[Any], token: str, spec: SessionConfig,
+                           pacer_name: str, rate: float, images: list[LoadedImage], params: CertifyParams,
+                           positions: Sequence[int], on_done: Callable[[Certificate], None] | None,
+                           max_images_in_flight: int) -> list[Certificate]:
+    """Full access on Ray: the driver runs `certify_counted` per image and hands each missing range of samples
+    to a free worker, so one image's N samples spread over every worker; the driver logs each count record."""
+    from robust_api.full_access import certify_counted
+    from robust_api.session import run_images
+
+    free: asyncio.Queue = asyncio.Queue()  # FIFO: ranges go round the workers, even one request at a time
+    for _ in range(2):  # two ranges per worker: one counting, one delivered and waiting
+        for worker in workers:
+            free.put_nowait(worker)
+    for worker in workers:
+        await worker.open.remote(token, spec, pacer_name, rate)
+    identity = await workers[0].identity.remote(token, params.sigma)
+
+    async def compute(image: LoadedImage, params: CertifyParams, phase: str, start: int, stop: int, extra: dict):
+        worker = await free.get()
+        try:
+            for attempt in range(_DEAD_WORKER_RETRIES + 1):
+                try:
+                    await worker.open.remote(token, spec, pacer_name, rate)  # again after a restart
+                    return await worker.count.remote(token, image, params, phase, start, stop, extra)
+                except ray.exceptions.RayActorError as exc:
+                    if attempt == _DEAD_WORKER_RETRIES:
+                        raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
+                                             "the ranges logged are kept: rerun to resume") from None
+                    log.warning("a Ray worker died counting %s [%d, %d); counting it again", image.name, start, stop)
+        finally:
+            free.put_nowait(worker)
+
+    async def counted(image: LoadedImage, position: int) -> Certificate:
+        cert = await certify_counted(image, params, position=position, identity=identity, index=session.count_index,
+                                     compute=compute, write=session.write_counts)
+        session.stats.cache_hits += cert.cache_hits
+        return cert
+
+    in_flight = max(max_images_in_flight, 2 * len(workers))
+    return await run_images(images, positions, counted, in_flight, on_done)

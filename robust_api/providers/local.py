@@ -158,6 +158,17 @@ class LocalProvider(Provider):
             raise PermanentProviderError(self.name, "bad_request", f"{len(images)} images > max_batch {self.max_batch}")
         return await asyncio.to_thread(self._classify_sync, list(images))
 
+    def respond(self, images: Sequence[Image.Image]) -> list[ProviderResponse]:
+        """Label decoded RGB images in the calling thread, any number at once: the responses `classify` gives
+        for their PNG encodings (PNG is lossless), without the encode/decode round trip. Full-access
+        certification (robust_api.full_access) counts labels this way. Exceptions of a user model propagate."""
+        out: list[ProviderResponse] = []
+        for start in range(0, len(images), self.max_batch):
+            with self._lock:
+                labels = self._label(list(images[start : start + self.max_batch]))
+            out += [self._response(scored) for scored in labels]
+        return out
+
     # -- worker-thread side --------------------------------------------------------------------------
     def _classify_sync(self, images: list[bytes]) -> list[ProviderResponse | ProviderError]:
         results: list[ProviderResponse | ProviderError | None] = [None] * len(images)

@@ -44,14 +44,21 @@ def _fast_loads(raw: bytes):
     return obj
 
 
-def _parse_line(raw: bytes, path: str, lineno: int) -> QueryRecord:
+def _parse_line(raw: bytes, path: str, lineno: int) -> QueryRecord | None:
+    """The sample record on this line; None for a count record (query_logs.counts: read by its own reader)."""
     try:
         obj = _loads(raw)
     except RecursionError:
         raise LogError(path, lineno, "not valid JSON (nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise LogError(path, lineno, f"not valid JSON ({_short(exc)})") from None
+    if _is_counts(obj):
+        return None
     return _from_dict(obj, path, lineno)
+
+
+def _is_counts(obj) -> bool:
+    return type(obj) is dict and obj.get("kind") == "counts"
 
 
 def _short(exc: Exception) -> str:
@@ -128,7 +135,8 @@ def read_log_range(
                             raise
                         on_torn(name, lineno, len(raw), exc.reason)
                         return
-                    yield record
+                    if record is not None:
+                        yield record
                     return
                 try:
                     obj = loads(raw)
@@ -138,6 +146,8 @@ def read_log_range(
                     if raw.isspace():
                         continue
                     raise LogError(name, lineno, f"not valid JSON ({_short(exc)})") from None
+                if type(obj) is dict and "kind" in obj and _is_counts(obj):
+                    continue  # a count record (query_logs.counts), not a sample
                 yield from_dict(obj, name, lineno)
         except OSError as exc:
             raise LogError(name, lineno or None, f"read error: {exc.strerror or exc}") from None

@@ -133,7 +133,8 @@ def replay(
     mode: str = "auto",
     workers: int = 1,
 ) -> list[Certificate]:
-    """Certificates from JSONL query logs (see replay_records); the logs are read as a stream.
+    """Certificates from JSONL query logs (see replay_records); the logs are read as a stream. Count records
+    of full-access runs are certified too (replay.counts), after the per-sample groups.
 
     workers > 1 reads logs larger than 64 MB in that many forked processes (same result as one pass; the
     CLI uses one per core). Raises LogError for unreadable or corrupt logs (naming file and line),
@@ -146,7 +147,11 @@ def replay(
         raise ConfigError("no query logs given")
     _check_options(alpha, n0, n, mode, sigma)
     rule = resolve_rule(rule)
-    return _recount(collect(paths, rule, sigma, max(1, int(workers))), rule, alpha, n0, n, mode)
+    from robust_api.replay.counts import counted_certificates
+
+    # Full-access count records (if any) follow the per-sample certificates; n0 / n apply to samples only.
+    return (_recount(collect(paths, rule, sigma, max(1, int(workers))), rule, alpha, n0, n, mode)
+            + counted_certificates(paths, alpha=alpha, sigma=sigma, mode=mode))
 
 
 def _recount(collector: Collector, rule: Rule, alpha: float, n0: int | None, n: int | None, mode: str) -> list[Certificate]:

@@ -63,7 +63,7 @@ def sample_keys(log: Path) -> list:
 
 
 def run(tmp_path: Path, name: str, images, backend: str, **kw) -> tuple[Path, Path, object]:
-    log, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.tsv"
+    log, out = kw.pop("log", tmp_path / f"{name}.jsonl"), tmp_path / f"{name}.tsv"
     params = kw.pop("params", PARAMS)
     kw.setdefault("rate_per_s", 200.0)
     if kw.setdefault("emulator", True):
@@ -186,3 +186,28 @@ def cli(args: list[str]) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     return exit_info.value.code
+
+
+def test_full_access_on_ray_counts_ranges_on_every_worker_and_equals_local(tmp_path, photos, monkeypatch):
+    """Full access (count records): an image's samples are split into ranges counted on both workers; the certificates equal
+    the local backend's, replay reproduces them, and a rerun counts nothing."""
+    import robust_api.full_access as fa
+    from robust_api.query_logs.counts import read_count_records
+
+    monkeypatch.setattr(fa, "RANGE", 8)
+    params = CertifyParams(sigma=0.25, n0=4, n=32, alpha=0.01, seed=2)
+    _, local_tsv, _ = run(tmp_path, "local", photos[:2], "local", api="local", emulator=False, params=params,
+                          full_access=True)
+    log, ray_tsv, result = run(tmp_path, "ray", photos[:2], "ray", api="local", emulator=False, params=params,
+                               full_access=True)
+    assert rows(ray_tsv) == rows(local_tsv)
+    records = list(read_count_records(log))
+    assert sum(r.n for r in records) == result.stats.billable_calls == 2 * (1 + 4 + 32)
+    assert len({r.run for r in records}) == 1
+    assert len([r for r in records if r.image == photos[0].sha256 and r.phase == "estimation"]) == 4
+    assert len({r.extra["worker"] for r in records}) == 2  # ranges go round the workers (FIFO of free slots)
+    write_results_tsv(tmp_path / "replay.tsv", replay(log, alpha=0.01))
+    assert (tmp_path / "replay.tsv").read_text() == ray_tsv.read_text()
+    _, _, again = run(tmp_path, "again", photos[:2], "ray", api="local", emulator=False, params=params,
+                      full_access=True, log=log)
+    assert again.stats.billable_calls == 0

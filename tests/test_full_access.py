@@ -1,0 +1,113 @@
+"""Full access: label counts per range of samples through the model we hold, logged as count records.
+
+Against a cheap deterministic torch model (brightness thresholds, so certificates vary), full access gives
+the per-call local path's certificates (same noise, same 8-bit pixels, same labels), replay reproduces them,
+a killed run resumes from the ranges logged, and a sequential run stops early and replays."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from robust_api.errors import ConfigError
+from robust_api.images import load_image
+from robust_api.modes import CertifyParams
+from robust_api.providers.local import LocalProvider
+from robust_api.query_logs import read_log
+from robust_api.query_logs.counts import read_count_records
+from robust_api.replay import replay
+from robust_api.results import write_results_tsv
+from robust_api.run import RunConfig, run_certification
+
+
+class Brightness(torch.nn.Module):
+    """Logits of 'dark' / 'mid' / 'bright' from the mean pixel: near a threshold, noise splits the votes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.centres = torch.nn.Parameter(torch.tensor([0.2, 0.5, 0.8]), requires_grad=False)
+
+    def forward(self, x):
+        mean = x.mean(dim=(1, 2, 3))[:, None]
+        return -((mean - self.centres) ** 2) * 4000.0
+
+
+def provider() -> LocalProvider:
+    return LocalProvider(Brightness(), ["dark", "mid", "bright"], model_name="brightness")
+
+
+def images():
+    rng = np.random.default_rng(0)
+    levels = [0.2, 0.35, 0.5, 0.64]  # clear, borderline (abstains or small radius), clear, borderline
+    return [load_image(np.clip(level + rng.normal(0, 0.05, (12, 12, 3)), 0, 1).astype(np.float32), name=f"g{level}")
+            for level in levels]
+
+
+def run(tmp_path, name, *, full_access, params, log=None, imgs=None):
+    log = log or tmp_path / f"{name}.jsonl"
+    out = tmp_path / f"{name}.tsv"
+    config = RunConfig(api="local", provider=provider(), params=params, log=log, out=out, full_access=full_access)
+    return log, out, run_certification(imgs or images(), config)
+
+
+def rows(path):
+    return [line.split("\t")[:5] for line in path.read_text().splitlines()]
+
+
+PARAMS = CertifyParams(sigma=0.12, n0=10, n=120, alpha=0.01, seed=5)
+
+
+def test_full_access_gives_the_per_call_certificates_and_replays_to_its_table(tmp_path):
+    _, per_call_tsv, per_call = run(tmp_path, "calls", full_access=False, params=PARAMS)
+    log, tsv, counted = run(tmp_path, "counts", full_access=True, params=PARAMS)
+    assert rows(tsv) == rows(per_call_tsv)
+    for a, b in zip(per_call.certificates, counted.certificates):
+        assert (a.counts_selection, a.counts_estimation, a.clean_label) == (b.counts_selection, b.counts_estimation, b.clean_label)
+    radii = [c.radius_l2 for c in counted.certificates]
+    assert max(radii) > 0.1 and min(radii) < max(radii)  # clear images certify far, borderline ones less or abstain
+    assert list(read_log(log)) == []  # no per-call records: only count records
+    records = list(read_count_records(log))
+    assert sum(r.n for r in records) == counted.stats.billable_calls == 4 * (1 + 10 + 120)
+    write_results_tsv(tmp_path / "replay.tsv", replay(log, alpha=0.01))
+    assert (tmp_path / "replay.tsv").read_text() == tsv.read_text()
+
+
+def test_a_killed_run_resumes_from_the_ranges_it_logged(tmp_path, monkeypatch):
+    import robust_api.full_access as fa
+
+    monkeypatch.setattr(fa, "RANGE", 50)  # estimation in 3 ranges per image
+    log, tsv, first = run(tmp_path, "full", full_access=True, params=PARAMS)
+    lines = log.read_text().splitlines(keepends=True)
+    kept = [line for i, line in enumerate(lines) if i % 3 != 1]  # as if a kill lost every third range ...
+    torn = lines[1][: len(lines[1]) // 2]  # ... and tore the last write
+    log.write_text("".join(kept) + torn)
+    lost = sum(json.loads(line)["stop"] - json.loads(line)["start"] for i, line in enumerate(lines) if i % 3 == 1)
+    _, again_tsv, again = run(tmp_path, "again", full_access=True, params=PARAMS, log=log)
+    assert again.stats.billable_calls == lost  # exactly the lost ranges were computed again
+    assert again.stats.cache_hits == first.stats.billable_calls - lost
+    assert rows(again_tsv) == rows(tsv)
+    assert sorted(r.key() for r in read_count_records(log)) == sorted({r.key() for r in read_count_records(log)})
+
+
+def test_sequential_full_access_stops_early_and_replays(tmp_path, monkeypatch):
+    import robust_api.full_access as fa
+
+    monkeypatch.setattr(fa, "RANGE", 64)
+    params = CertifyParams(sigma=0.12, mode="sequential", max_queries=600, target_radius=0.05, alpha=0.01, seed=5)
+    log, tsv, result = run(tmp_path, "seq", full_access=True, params=params)
+    used = [sum(c.counts_estimation.values()) for c in result.certificates]
+    assert min(used) < 600  # a clear image stops at an early look
+    assert result.stats.billable_calls < 4 * 601
+    _, calls_tsv, _ = run(tmp_path, "calls", full_access=False, params=params)
+    assert rows(tsv) == rows(calls_tsv)
+    write_results_tsv(tmp_path / "replay.tsv", replay(log))
+    assert rows(tmp_path / "replay.tsv") == rows(tsv)
+
+
+def test_full_access_needs_a_model_run_here():
+    from robust_api.session import Session
+
+    with pytest.raises(ConfigError, match="full access needs a model run here"):
+        Session(RunConfig(api="aws", emulator=True, params=PARAMS, full_access=True))
