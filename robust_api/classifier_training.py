@@ -122,8 +122,8 @@ def learning_rate_factor(config: ClassifierConfig, steps_per_epoch: int) -> Call
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    decay = [p for p in model.parameters() if p.ndim > 1]  # conv and linear weights
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # BatchNorm scales and shifts, biases
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
