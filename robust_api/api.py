@@ -35,7 +35,9 @@ class RobustAPI:
     "vocab:PATH" or "present:LABEL[:THRESHOLD]". provider: an already-built Provider instance (e.g. a
     LocalProvider around your own model). backend: "local" (default) or "ray": `certify` and `certify_many`
     shard images over Ray workers (`ray_address`, `workers`: see robust_api.backends.ray_backend), with the same
-    certificates and log; `predict` always runs here. Other keyword options go to the provider adapter.
+    certificates and log; `predict` always runs here. full_access (api "local"): certify from label counts
+    per range of samples (robust_api.full_access; `certify` then returns no raw responses: logs = []).
+    Other keyword options go to the provider adapter.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class RobustAPI:
         backend: str = "local",
         ray_address: str | None = None,
         workers: int | None = None,
+        full_access: bool = False,
         **provider_options: Any,
     ) -> None:
         self.api_name = api_name
@@ -75,7 +78,7 @@ class RobustAPI:
             api=api_name, endpoint=endpoint, emulator=emulator, emulator_labeller=emulator_labeller, provider=provider,
             provider_options=provider_options, denoiser=denoiser, log=log, decision=self.rule, concurrency=concurrency,
             rate_per_s=rate_per_s, max_attempts=max_attempts, timeout_s=timeout_s, backend=backend,
-            ray_address=ray_address, workers=workers,
+            ray_address=ray_address, workers=workers, full_access=full_access,
         ))
         self._closers.callback(self._session.close)
         self.provider = self._session.provider
@@ -164,11 +167,12 @@ class RobustAPI:
         params = CertifyParams(sigma=noise_sd, n0=N0, n=N, alpha=alpha, mode=mode, seed=self.seed, **kw)
         engine = self.engine_for(noise_sd)
         assert self._session is not None
-        if self._session.config.backend == "local":
+        config = self._session.config
+        if config.backend == "local" and not config.full_access:
             cert = self._run(engine.certify(image, params, position=self._session.next_positions(1)[0]))
         else:
             cert = self._run(self._session.certify_all([image], params))[0]
-        logs = self._run(self._logs(engine, image, params, cert))
+        logs = [] if config.full_access else self._run(self._logs(engine, image, params, cert))
         label, radius = cert.as_tuple()
         return label, radius, logs
 

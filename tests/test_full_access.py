@@ -111,3 +111,15 @@ def test_full_access_needs_a_model_run_here():
 
     with pytest.raises(ConfigError, match="full access needs a model run here"):
         Session(RunConfig(api="aws", emulator=True, params=PARAMS, full_access=True))
+
+
+def test_robust_api_full_access_certifies_from_counts(tmp_path):
+    from robust_api.api import RobustAPI
+
+    image = images()[0]
+    with RobustAPI("local", provider=provider(), full_access=True, log=tmp_path / "q.jsonl") as api:
+        label, radius, logs = api.certify(image, noise_sd=0.12, N0=10, N=120, alpha=0.01)
+    with RobustAPI("local", provider=provider()) as api:
+        assert api.certify(image, noise_sd=0.12, N0=10, N=120, alpha=0.01)[:2] == (label, radius)
+    assert logs == [] and label == "dark" and radius > 0
+    assert sum(r.n for r in read_count_records(tmp_path / "q.jsonl")) == 1 + 10 + 120

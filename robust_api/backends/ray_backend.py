@@ -142,16 +142,21 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def open(self, token: str, config: SessionConfig, pacer_name: str, rate_per_s: float) -> None:
-        """Build this run's session. The pacer is looked up by name (a handle passed as an argument would
-        live in the object store, which Ray cannot promise to keep for a restarted worker)."""
+    def open(self, token: str, config: SessionConfig, pacer_name: str, rate_per_s: float) -> BaseException | None:
+        """Build this run's session; the error (as the driver should raise it) when it cannot be built. The
+        pacer is looked up by name (a handle passed as an argument would live in the object store, which Ray
+        cannot promise to keep for a restarted worker)."""
         import ray
 
         if token in self.runs:
-            return
-        router = _Router()
-        pacer = RemotePacer(ray.get_actor(pacer_name), token, rate_per_s)
-        self.runs[token] = (Session(dataclasses.replace(config, pacer=pacer, sink=router)), router)
+            return None
+        try:
+            router = _Router()
+            pacer = RemotePacer(ray.get_actor(pacer_name), token, rate_per_s)
+            self.runs[token] = (Session(dataclasses.replace(config, pacer=pacer, sink=router)), router)
+        except Exception as exc:
+            return _portable(exc)
+        return None
 
     async def close(self, token: str) -> dict:
         """Close the run's session; its counters (requests, retries, failures); {} for a run this worker does not
@@ -170,7 +175,10 @@ class _Worker:
         from robust_api.full_access import RangeCounter
 
         session, _ = self.runs[token]
-        return RangeCounter(session.engine_for(sigma), session.config.decision).identity()
+        try:
+            return RangeCounter(session.engine_for(sigma), session.config.decision).identity()
+        except Exception as exc:  # e.g. a denoiser that does not load
+            return _portable(exc)
 
     async def count(self, token: str, image: LoadedImage, params: CertifyParams, phase: str, start: int, stop: int,
                     extra: dict) -> Any:
@@ -179,11 +187,15 @@ class _Worker:
         from robust_api.full_access import RangeCounter
 
         session, _ = self.runs[token]
-        async with self.counting:
-            counter = RangeCounter(session.engine_for(params.sigma), session.config.decision)
-            record = await asyncio.to_thread(counter.record, image, params.sigma, params.seed, phase, start, stop, extra)
+        try:
+            async with self.counting:
+                counter = RangeCounter(session.engine_for(params.sigma), session.config.decision)
+                record = await asyncio.to_thread(counter.record, image, params.sigma, params.seed, phase, start,
+                                                 stop, extra)
+        except Exception as exc:  # the model or denoiser failed: the driver raises it as the local backend would
+            return ("error", _portable(exc))
         record.extra["worker"] = f"{socket.gethostname()}:{os.getpid()}"  # informational: where it was counted
-        return record
+        return ("record", record)
 
     async def certify(self, token: str, image: LoadedImage, position: int, params: CertifyParams, cached: list) -> Any:
         """Stream ("record", QueryRecord) for every sample paid for, then ("certificate", Certificate) or
@@ -266,6 +278,13 @@ def worker_config(config: SessionConfig, *, run_id: str, emulator_url: str | Non
     )
 
 
+async def _open(worker: Any, token: str, spec: SessionConfig, pacer_name: str, rate: float) -> None:
+    """Have the worker build the run's session (a no-op when it holds it); raise what stopped it."""
+    error = await worker.open.remote(token, spec, pacer_name, rate)
+    if error is not None:
+        raise error
+
+
 def _drop(workers: list[Any]) -> None:
     """Forget pool workers that are gone for good (restarts used up), so the next run starts new ones."""
     import ray
@@ -337,7 +356,7 @@ async def certify_on_ray(
         for attempt in range(_DEAD_WORKER_RETRIES + 1):
             cached = session.index.for_image(image.sha256)
             try:
-                await worker.open.remote(token, spec, pacer_name, rate)  # again after a restart: state is lost
+                await _open(worker, token, spec, pacer_name, rate)  # again after a restart: state is lost
                 async for ref in worker.certify.remote(token, image, positions[i], params, cached):
                     kind, value = await ref
                     if kind == "record":
@@ -398,16 +417,21 @@ async def _certify_counted(ray: Any, session: Session, workers: list[Any], token
         for worker in workers:
             free.put_nowait(worker)
     for worker in workers:
-        await worker.open.remote(token, spec, pacer_name, rate)
+        await _open(worker, token, spec, pacer_name, rate)
     identity = await workers[0].identity.remote(token, params.sigma)
+    if isinstance(identity, BaseException):
+        raise identity
 
     async def compute(image: LoadedImage, params: CertifyParams, phase: str, start: int, stop: int, extra: dict):
         worker = await free.get()
         try:
             for attempt in range(_DEAD_WORKER_RETRIES + 1):
                 try:
-                    await worker.open.remote(token, spec, pacer_name, rate)  # again after a restart
-                    return await worker.count.remote(token, image, params, phase, start, stop, extra)
+                    await _open(worker, token, spec, pacer_name, rate)  # again after a restart
+                    kind, value = await worker.count.remote(token, image, params, phase, start, stop, extra)
+                    if kind == "error":
+                        raise value
+                    return value
                 except ray.exceptions.RayActorError as exc:
                     if attempt == _DEAD_WORKER_RETRIES:
                         raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
