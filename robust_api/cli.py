@@ -305,8 +305,13 @@ def _knobs(latency_ms: float, jitter_ms: float, rate: Optional[float], burst: in
     )
 
 
-def _provider_options(api: str, azure_api_version: Optional[str], min_confidence: Optional[float]) -> dict:
+def _provider_options(api: str, azure_api_version: Optional[str], min_confidence: Optional[float],
+                      model: Optional[str] = None) -> dict:
     options: dict = {}
+    if model is not None:
+        if api != "local":
+            raise ConfigError("--model applies to --api local only")
+        options["model"] = model
     if azure_api_version is not None:
         if api != "azure":
             raise ConfigError("--azure-api-version applies to --api azure only")
@@ -371,6 +376,9 @@ def certify_command(
                                               "else an embedded local instance)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: one per cluster CPU, "
                                           "at most one per image)."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --api local: efficientnet-lite0 (default), a "
+                                        "classifier checkpoint (.pt, robust-api classifier train) or "
+                                        "'package.module:attribute'."),
     full_access: bool = typer.Option(False, "--full-access", help="With --api local: batched denoiser + model on "
                                      "the noisy copies, one count record per range of 1000 samples instead of a "
                                      "record per call (for N = 10^4-10^5)."),
@@ -390,7 +398,7 @@ def certify_command(
     config = RunConfig(
         api=api, params=params, endpoint=endpoint, emulator=emulator, emulator_knobs=knobs, denoiser=denoiser,
         log=log, out=out, decision=decision, concurrency=concurrency, rate_per_s=rate, max_attempts=max_attempts,
-        timeout_s=timeout_s, provider_options=_provider_options(api, azure_api_version, min_confidence),
+        timeout_s=timeout_s, provider_options=_provider_options(api, azure_api_version, min_confidence, model),
         backend=backend, ray_address=ray_address, workers=workers, full_access=full_access,
     )
     if backend == "local" and (ray_address is not None or workers is not None):
@@ -744,18 +752,21 @@ def report_command(
 
 
 DENOISER_HELP = "Train, evaluate and list denoisers."
-_denoiser_mounted = False
+_denoiser_mounted: str | None = None  # None, "placeholder" or "real"
 
 
 def mount_denoiser_app(args: Sequence[str]) -> None:
     """Add the `denoiser` group: the real one (which imports torch) only when the command line asks for it,
-    otherwise a placeholder that lists it in --help, so every other command starts without torch."""
+    otherwise a placeholder that lists it in --help, so every other command starts without torch. A later
+    call in the same process that asks for it replaces the placeholder (tests and notebooks call main often)."""
     global _denoiser_mounted
-    if _denoiser_mounted:
-        return
-    _denoiser_mounted = True
     positional = [a for a in args if not a.startswith("-")]
-    if positional[:1] == ["denoiser"]:
+    wants = "real" if positional[:1] == ["denoiser"] else "placeholder"
+    if _denoiser_mounted == "real" or _denoiser_mounted == wants:
+        return
+    app.registered_groups[:] = [group for group in app.registered_groups if group.name != "denoiser"]
+    _denoiser_mounted = wants
+    if wants == "real":
         from robust_api.denoisers.cli import denoiser_app
     else:
         denoiser_app = typer.Typer(help=DENOISER_HELP)

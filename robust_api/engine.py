@@ -207,6 +207,11 @@ class Engine:
         limits = self.provider.limits
         return [loop.run_in_executor(_encoder(), lambda p=p: encode_for(to_uint8(p), limits)) for p in pixels]
 
+    def denoise(self, pixels: np.ndarray) -> np.ndarray:
+        """Denoise noisy copies (float NHWC in [0, 1]) in one batch with this engine's denoiser, clipped to [0, 1]
+        (the caller's thread; full access counts through it)."""
+        return self._denoise(pixels)
+
     def _denoise(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 

@@ -68,7 +68,7 @@ class RangeCounter:
             else:
                 pixels = noisy_copies(image.array, sigma, seed, image.sha256, phase, indices)
                 if engine.denoiser is not None:
-                    pixels = engine._denoise(pixels)
+                    pixels = engine.denoise(pixels)
             from PIL import Image
 
             responses = engine.provider.respond([Image.fromarray(to_uint8(p)) for p in pixels])

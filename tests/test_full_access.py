@@ -123,3 +123,54 @@ def test_robust_api_full_access_certifies_from_counts(tmp_path):
         assert api.certify(image, noise_sd=0.12, N0=10, N=120, alpha=0.01)[:2] == (label, radius)
     assert logs == [] and label == "dark" and radius > 0
     assert sum(r.n for r in read_count_records(tmp_path / "q.jsonl")) == 1 + 10 + 120
+
+
+MODEL = '''
+import numpy as np
+
+def label(image):
+    """Brightness thresholds of a PIL image: dark / mid / bright, scores summing to 1."""
+    mean = float(np.asarray(image, dtype=np.float32).mean()) / 255.0
+    near = np.exp(-((mean - np.array([0.2, 0.5, 0.8])) ** 2) * 400.0)
+    return dict(zip(["dark", "mid", "bright"], (near / near.sum()).tolist()))
+'''
+
+
+def test_a_sigkilled_full_access_run_resumes_from_the_ranges_it_logged(tmp_path):
+    """The command is SIGKILLed once 3 ranges of 1000 are logged (of 41); the rerun counts only the rest, and its
+    table equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    (tmp_path / "brightmodel.py").write_text(MODEL)
+    Image.fromarray(np.full((12, 12, 3), 90, dtype=np.uint8)).save(tmp_path / "grey.png")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+    def command(log, out):
+        return [sys.executable, "-c", "from robust_api.cli import main; main()", "certify", str(tmp_path / "grey.png"),
+                "--api", "local", "--model", "brightmodel:label", "--full-access", "--sigma", "0.12", "--n0", "10",
+                "--n", "40000", "--log", str(log), "--out", str(out), "--no-table"]
+
+    log = tmp_path / "q.jsonl"
+    proc = subprocess.Popen(command(log, tmp_path / "killed.tsv"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and log.read_bytes().count(b"\n") >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    logged = sum(r.n for r in read_count_records(log))
+    assert 0 < logged < 1 + 10 + 40000
+    subprocess.run(command(log, tmp_path / "resumed.tsv"), env=env, check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "whole.jsonl", tmp_path / "whole.tsv"), env=env, check=True, capture_output=True)
+    assert rows(tmp_path / "resumed.tsv") == rows(tmp_path / "whole.tsv")
+    records = list(read_count_records(log))
+    assert sum(r.n for r in records) == 1 + 10 + 40000  # each range counted once: nothing logged was redone
+    assert len({r.key() for r in records}) == len(records)
