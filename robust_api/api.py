@@ -26,7 +26,7 @@ from robust_api.session import Session, SessionConfig, certify_all
 class RobustAPI:
     """Denoised smoothing around one provider ("azure", "google", "aws", "clarifai" or "local").
 
-    denoiser: None, a denoiser's name (shipped, `ffdnet-color`, `tv`, `tv:W`), a checkpoint path, or a torch module
+    denoiser: None, a denoiser's name (shipped, `ffdnet-color`, `tv`, `tv:W`, `diffusion:PATH`), a checkpoint path, or a torch module
     (NCHW [0,1] -> same). A name or path is loaded for each noise level it is used at (`engine_for(noise_sd)`):
     `tv` takes its weight (0.6 * noise_sd) and `ffdnet-color` its noise-level input from the call's noise_sd.
     online: query the provider (True) or replay saved responses (False).

@@ -352,7 +352,7 @@ def certify_command(
                              "or sequential (rounds, early stop; budget --max-queries)."),
     max_queries: Optional[int] = typer.Option(None, "--max-queries", help="Sequential budget per image (default n0 + n)."),
     target_radius: Optional[float] = typer.Option(None, "--target-radius", help="Sequential: stop once this radius is certified."),
-    denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Shipped denoiser name, ffdnet-color, tv (TV, weight 0.6*sigma), tv:W, or checkpoint path."),
+    denoiser: Optional[str] = typer.Option(None, "--denoiser", help="Shipped denoiser name, ffdnet-color, tv (TV, weight 0.6*sigma), tv:W, diffusion:PATH (a pretrained DDPM), or checkpoint path."),
     log: Optional[Path] = typer.Option(None, "--log", help="JSONL query log: appended to, and read as a cache (rerun pays nothing logged)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write Cohen-format results TSV here."),
     decision: str = typer.Option("top1", "--decision", help=DECISION_HELP),
