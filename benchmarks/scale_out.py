@@ -13,7 +13,7 @@ Each configuration certifies with a fresh log (nothing cached). Ray starts once 
 by a warm-up run before the clock, as they are for any later run in a process. Data: the held-out photos of
 ../shared/data/imagenet-samples (class index % 10 == 9), read by this script only.
 
-Run: python benchmarks/scale_out.py [--n 1000] [--images 2] [--workers 1,2] [--sequential]
+Run: python benchmarks/scale_out.py [--n 1000] [--images 2] [--workers 1,2] [--sequential] [--modes-only]
 Seconds, ratios and counts only, no assertion (noisy machines).
 """
 from __future__ import annotations
@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--target", type=float, default=0.25)
+    parser.add_argument("--modes-only", action="store_true",
+                        help="only fixed vs sequential, both on Ray with the most workers (no backend table)")
     args = parser.parse_args()
     worker_counts = [int(k) for k in args.workers.split(",")]
     data = photos(args.images)
@@ -87,22 +89,28 @@ def main() -> None:
     certify(images[:1], warm, "ray", max(worker_counts), tmp / "warm.jsonl")
 
     print(f"full access: {len(images)} photo(s) x (1 + 100 + {args.n}) samples = {samples}, {DENOISER} + Lite0")
-    table = []
-    local, seconds = certify(images, params, "local", None, tmp / "local.jsonl")
-    table.append(("local", seconds, True))
+    if args.modes_only:
+        local, seconds = certify(images, params, "ray", max(worker_counts), tmp / "fixed.jsonl")
+        print(f"fixed on ray x{max(worker_counts)}: {seconds:.1f} s")
+        args.sequential = True
+        worker_counts = []
+    else:
+        local, seconds = certify(images, params, "local", None, tmp / "local.jsonl")
+    table = [("local", seconds, True)]
     for k in worker_counts:
         result, seconds = certify(images, params, "ray", k, tmp / f"ray{k}.jsonl")
         table.append((f"ray x{k}", seconds, rows(result.certificates) == rows(local.certificates)))
     one = next((s for name, s, _ in table if name == "ray x1"), None)
-    print(f"{'backend':<10} {'seconds':>8} {'samples/s':>10} {'vs local':>9} {'vs ray x1':>10}  same certificates")
-    for name, seconds, same in table:
+    if not args.modes_only:
+        print(f"{'backend':<10} {'seconds':>8} {'samples/s':>10} {'vs local':>9} {'vs ray x1':>10}  same certificates")
+    for name, seconds, same in table if not args.modes_only else []:
         vs_one = f"{one / seconds:.2f}x" if one else "-"
         print(f"{name:<10} {seconds:8.1f} {samples / seconds:10.1f} {table[0][1] / seconds:8.2f}x {vs_one:>10}  {same}")
     for cert, (_, truth) in zip(local.certificates, data):
         print(f"  {cert.name}: label {cert.label} (true {truth}), radius {cert.radius_l2:.3f}")
 
     if args.sequential:
-        k = max(worker_counts)
+        k = max(worker_counts or [int(w) for w in args.workers.split(",")])
         seq = CertifyParams(sigma=0.25, mode="sequential", max_queries=100 + args.n, target_radius=args.target,
                             alpha=0.001, seed=0)
         result, seconds = certify(images, seq, "ray", k, tmp / "sequential.jsonl")

@@ -371,7 +371,7 @@ def certify_command(
     emu_latency_ms: float = typer.Option(0.0, "--emu-latency-ms", help="With --emulator: added latency."),
     table: bool = typer.Option(True, "--table/--no-table", help="Print the per-image certificate table."),
     backend: str = typer.Option("local", "--backend", help="local (this process) or ray (images sharded over Ray "
-                                "workers; same certificates and log; needs robust-api[ray])."),
+                                "workers; same certificates and log; needs the ray extra: pip install robust-api\\[ray])."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, "
                                               "else an embedded local instance)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray workers (default: one per cluster CPU, "
