@@ -49,14 +49,17 @@ class RangeCounter:
     def __init__(self, engine: Any, decision: Any = "top1", batch: int = BATCH) -> None:
         check_full_access(engine.provider)
         self.engine = engine
-        self.decision = decision if isinstance(decision, str) else type(decision).__name__  # logged, informational
+        # the rule's spec ("top1", "vocab:PATH", "present:cat:0.5"); a rule object by its name or class
+        self.decision = decision if isinstance(decision, str) else (
+            getattr(decision, "name", None) or f"{type(decision).__module__}.{type(decision).__qualname__}")
         self.batch = max(1, batch)
 
     def identity(self) -> dict[str, Any]:
-        """What keys this counter's ranges: provider name, settings, denoiser id, model version, run."""
+        """What keys this counter's ranges: provider name, settings, denoiser id, decision rule; and model
+        version and run."""
         e = self.engine
         return {"provider": e.provider.name, "settings": e.settings, "denoiser": e.denoiser_id,
-                "model_version": getattr(e.provider, "model_version", None), "run": e.run_id}
+                "decision": self.decision, "model_version": getattr(e.provider, "model_version", None), "run": e.run_id}
 
     def counts(self, image: LoadedImage, sigma: float, seed: int | None, phase: str, start: int, stop: int) -> dict[str, int]:
         engine = self.engine
@@ -125,7 +128,8 @@ async def certify_counted(
     async def ranges(phase: str, start: int, stop: int, cuts: list[int]) -> list[CountRecord]:
         clean = phase == "clean"
         group = range_key(identity["provider"], identity["settings"], image.sha256, sigma,
-                          None if clean else identity["denoiser"], None if clean else seed, phase, 0, 1).group()
+                          None if clean else identity["denoiser"], None if clean else seed, phase, identity["decision"],
+                          0, 1).group()
         grid = list(range(0, stop, RANGE)) + cuts
         pieces = index.cover(group, start, stop, grid)
 

@@ -174,3 +174,20 @@ def test_a_sigkilled_full_access_run_resumes_from_the_ranges_it_logged(tmp_path)
     records = list(read_count_records(log))
     assert sum(r.n for r in records) == 1 + 10 + 40000  # each range counted once: nothing logged was redone
     assert len({r.key() for r in records}) == len(records)
+
+
+def test_counts_decided_by_another_rule_are_not_reused(tmp_path):
+    """Count records hold labels, not responses: a rerun with another decision rule counts afresh."""
+    log = tmp_path / "q.jsonl"
+    imgs = images()[:1]
+    for decision, paid in [("top1", 131), ("present:dark:0.5", 131), ("top1", 0)]:
+        config = RunConfig(api="local", provider=provider(), params=PARAMS, log=log, full_access=True,
+                           decision=decision)
+        result = run_certification(imgs, config)
+        assert result.stats.billable_calls == paid
+    labels: dict[str, set] = {}
+    for r in read_count_records(log):
+        labels.setdefault(r.decision, set()).update(r.counts)
+    assert set(labels) == {"top1", "present:dark:0.5"}
+    assert labels["top1"] <= {"dark", "mid", "bright"} and "dark" in labels["top1"]
+    assert "mid" not in labels["present:dark:0.5"] and "bright" not in labels["present:dark:0.5"]

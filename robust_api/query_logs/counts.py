@@ -41,21 +41,23 @@ class RangeKey(NamedTuple):
     denoiser: str | None
     seed: int | None
     phase: str
+    decision: str  # the labels were decided by this rule: counts under another rule are other samples
     start: int
     stop: int
 
     def group(self) -> tuple:
         """The key without the range: every range of one image's phase shares it."""
-        return self[:7]
+        return self[:8]
 
 
 def range_key(provider: str, settings: Mapping[str, Any] | str | None, image: str, sigma: float,
-              denoiser: Mapping[str, Any] | str | None, seed: int | None, phase: str, start: int, stop: int) -> RangeKey:
+              denoiser: Mapping[str, Any] | str | None, seed: int | None, phase: str, decision: str, start: int,
+              stop: int) -> RangeKey:
     skey = settings if isinstance(settings, str) else settings_key(settings)
     sha = denoiser.get("sha256") if isinstance(denoiser, Mapping) else denoiser
     if phase == "clean":
-        return RangeKey(provider, skey, image, 0.0, None, None, phase, start, stop)
-    return RangeKey(provider, skey, image, float(sigma), sha, seed, phase, start, stop)
+        return RangeKey(provider, skey, image, 0.0, None, None, phase, decision, start, stop)
+    return RangeKey(provider, skey, image, float(sigma), sha, seed, phase, decision, start, stop)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -85,7 +87,7 @@ class CountRecord:
 
     def key(self) -> RangeKey:
         return range_key(self.provider, self.settings, self.image, self.sigma, self.denoiser, self.seed, self.phase,
-                         self.start, self.stop)
+                         self.decision, self.start, self.stop)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,7 @@
 """Certificates recounted from count records (full access, robust_api.query_logs.counts), no model run.
 
 Count records are grouped like samples: one certification per (provider, settings, image, sigma, denoiser,
-seed), the clean range shared by every group of (provider, settings, image). Each phase's ranges are taken in
+seed, decision rule), the clean range shared by every group of (provider, settings, image, decision rule). Each phase's ranges are taken in
 index order from 0 while they are contiguous (a gap — a run killed mid-image — ends them, with a warning); the
 labels are the logged counts (decided at run time by the rule named in the records, as there are no responses
 to re-decide). Each group goes through its mode's `certify` (modes), as online, and the certificate's time is
@@ -41,11 +41,11 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
         runs.setdefault(record.run, len(runs))
         key = record.key()
         if record.phase == "clean":
-            clean.setdefault((key.provider, key.settings, key.image), record)
+            clean.setdefault((key.provider, key.settings, key.image, key.decision), record)
             continue
         if sigma is not None and abs(record.sigma - sigma) > 1e-12:
             continue
-        gk = (key.provider, key.settings, key.image, key.sigma, key.denoiser, key.seed)
+        gk = (key.provider, key.settings, key.image, key.sigma, key.denoiser, key.seed, key.decision)
         group = groups.get(gk)
         if group is None:
             group = groups[gk] = {"first": order, "run": runs[record.run], "position": record.extra.get("position"),
@@ -59,7 +59,7 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
 
     out = []
     for gk, group in sorted(groups.items(), key=order):
-        out.append(_certify(gk, group, clean.get(gk[:3]), alpha, mode))
+        out.append(_certify(gk, group, clean.get((*gk[:3], gk[6])), alpha, mode))
     return out
 
 
@@ -83,7 +83,7 @@ def _labels(records: list[CountRecord]) -> list[str]:
 
 
 def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mode_name: str) -> Certificate:
-    provider, settings, image, sig, _, seed = gk
+    provider, settings, image, sig, _, seed, decision = gk
     name = mode_name
     if name == "auto":
         name = group["extra"].get("mode") if group["extra"].get("mode") in MODES else "fixed"
@@ -102,7 +102,7 @@ def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mo
         log.warning("image %s (sigma %g): the counts end before the plan decided; abstaining", image[:16], sig)
     used = selection + [r for r in estimation if r.stop <= verdict.n_estimation_used]
     extra = {"mode": name, "alpha": verdict.alpha, "provider": provider, "sigma": sig, "seed": seed,
-             "denoiser": group["denoiser"], "source": "replay", "full_access": True}
+             "denoiser": group["denoiser"], "decision": decision, "source": "replay", "full_access": True}
     return certificate_from_verdict(
         verdict, image=image, name=image, sigma=sig, mode=name, clean_label=clean_label, calls_paid=0,
         cache_hits=sum(r.n for r in used), seconds=round(sum(r.seconds for r in used), 4), extra=extra,
