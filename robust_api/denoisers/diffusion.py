@@ -650,6 +650,17 @@ def weights_sha256(files: DiffusionFiles) -> str:
     return hashlib.sha256("".join(f"{name} {sha}\n" for name, sha in digests).encode("utf-8")).hexdigest()
 
 
+def _files_and_schedule(spec: str, sigma: float | None) -> tuple[DiffusionFiles, Schedule]:
+    """The checkpoint files and noise schedule of `diffusion:PATH`; ConfigError for another spec or no sigma."""
+    path = split_spec(spec)
+    if path is None:
+        raise ConfigError(f"{spec!r} is not a diffusion:PATH denoiser")
+    if sigma is None:
+        raise ConfigError(f"denoiser {spec!r} takes its timestep from the noise level: pass the sigma")
+    files = inspect_checkpoint(path)
+    return files, schedule_of(files)
+
+
 def load_diffusion_denoiser(
     spec: str, sigma: float | None, device: str | torch.device | None = None, *, trusted: bool = False
 ) -> OneShotDenoiser:
@@ -657,13 +668,7 @@ def load_diffusion_denoiser(
     `denoiser_name`, `denoiser_sha256` and `denoiser_meta` for the query logs (see the module docstring).
     ConfigError without a sigma or without diffusers for a diffusers directory; CheckpointError for files that are
     not a checkpoint of either layout."""
-    path = split_spec(spec)
-    if path is None:
-        raise ConfigError(f"{spec!r} is not a diffusion:PATH denoiser")
-    if sigma is None:
-        raise ConfigError(f"denoiser {spec!r} takes its timestep from the noise level: pass the sigma")
-    files = inspect_checkpoint(path)
-    schedule = schedule_of(files)
+    files, schedule = _files_and_schedule(spec, sigma)
     network = load_network(files, device, trusted=trusted)
     module = OneShotDenoiser(network, schedule.alphas_cumprod, float(sigma), image_size=schedule.size,
                              prediction=schedule.prediction, timestep_scale=schedule.timestep_scale).eval()
@@ -715,12 +720,6 @@ def optimize_diffusion(module: OneShotDenoiser, precision: str = "auto") -> nn.M
 
 def diffusion_identity(spec: str, sigma: float | None) -> dict[str, str]:
     """{"name", "sha256"} that `load_diffusion_denoiser(spec, sigma)` would carry, without loading the network."""
-    path = split_spec(spec)
-    if path is None:
-        raise ConfigError(f"{spec!r} is not a diffusion:PATH denoiser")
-    if sigma is None:
-        raise ConfigError(f"denoiser {spec!r} takes its timestep from the noise level: pass the sigma")
-    files = inspect_checkpoint(path)
-    schedule = schedule_of(files)
+    files, schedule = _files_and_schedule(spec, sigma)
     name = identity_name(files, timestep_for_sigma(schedule.alphas_cumprod, float(sigma)), float(sigma), schedule.size)
     return {"name": name, "sha256": weights_sha256(files)}
