@@ -27,7 +27,7 @@ from robust_api.errors import ConfigError
 from robust_api.images import LoadedImage, to_uint8
 from robust_api.modes import CertifyParams, Samples, get_mode
 from robust_api.noise import noisy_copies
-from robust_api.query_logs.counts import CountIndex, CountRecord, range_key
+from robust_api.query_logs.counts import CountIndex, CountRecord, labels_of, range_key
 from robust_api.results import Certificate, certificate_from_verdict
 
 __all__ = ["RANGE", "RangeCounter", "LocalRanges", "certify_counted", "check_full_access"]
@@ -145,16 +145,10 @@ async def certify_counted(
 
         return list(await asyncio.gather(*(piece(a, b, found) for a, b, found in pieces)))
 
-    def labels(records: list[CountRecord]) -> list[str]:
-        out: list[str] = []
-        for record in records:  # index order across ranges; within a range only counts matter
-            for label, count in sorted(record.counts.items()):
-                out += [label] * count
-        return out
-
     clean_records = await ranges("clean", 0, 1, [])
-    clean_label = labels(clean_records)[0]
+    clean_label = labels_of(clean_records)[0]
     selection = await ranges("selection", 0, n_selection, []) if n_selection else []
+    selection_labels = labels_of(selection)
     estimation: list[CountRecord] = []
     estimation_labels: list[str] = []
     verdict = None
@@ -162,9 +156,9 @@ async def certify_counted(
     for look in looks:
         more = await ranges("estimation", done, look, list(looks))
         estimation += more
-        estimation_labels += labels(more)
+        estimation_labels += labels_of(more)
         done = look
-        verdict = mode.certify(options, sigma, Samples(clean_label, labels(selection), estimation_labels))
+        verdict = mode.certify(options, sigma, Samples(clean_label, selection_labels, estimation_labels))
         if verdict.complete:
             break
     assert verdict is not None and verdict.complete

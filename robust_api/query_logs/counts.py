@@ -140,6 +140,16 @@ class CountRecord:
             raise bad(f"missing field {exc.args[0]!r}") from None
 
 
+def labels_of(records: Iterable[CountRecord]) -> list[str]:
+    """The labels of consecutive ranges as one list in range order (within a range, by label: only the counts are
+    known), what a mode's certify reads as the samples' labels; exact at every range boundary."""
+    out: list[str] = []
+    for record in records:
+        for label, count in sorted(record.counts.items()):
+            out += [label] * count
+    return out
+
+
 def is_count_line(obj: Any) -> bool:
     return type(obj) is dict and obj.get("kind") == COUNTS_KIND
 

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from robust_api.errors import ConfigError, LogError
 from robust_api.modes import MODES, Samples, get_mode
-from robust_api.query_logs.counts import CountRecord, read_count_records
+from robust_api.query_logs.counts import CountRecord, labels_of, read_count_records
 from robust_api.results import Certificate, certificate_from_verdict
 
 log = logging.getLogger("robust_api.replay")
@@ -74,14 +74,6 @@ def _contiguous(ranges: dict[int, CountRecord], what: str, image: str) -> list[C
     return out
 
 
-def _labels(records: list[CountRecord]) -> list[str]:
-    out: list[str] = []
-    for record in records:
-        for label, count in sorted(record.counts.items()):
-            out += [label] * count
-    return out
-
-
 def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mode_name: str) -> Certificate:
     provider, settings, image, sig, _, seed, decision = gk
     name = mode_name
@@ -90,8 +82,8 @@ def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mo
     mode = get_mode(name)
     selection = _contiguous(group["selection"], "selection", image) if mode.uses_selection else []
     estimation = _contiguous(group["estimation"], "estimation", image)
-    clean_label = _labels([clean])[0] if clean is not None else None
-    samples = Samples(clean_label, _labels(selection), _labels(estimation))
+    clean_label = labels_of([clean])[0] if clean is not None else None
+    samples = Samples(clean_label, labels_of(selection), labels_of(estimation))
     try:
         verdict = mode.certify(mode.options_from_log(alpha, group["extra"].get("plan")), sig, samples)
     except LogError as exc:
