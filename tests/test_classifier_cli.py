@@ -2,10 +2,8 @@
 checkpoint certifying an ImageFolder subset through the local provider."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from robust_api import cli
 from robust_api.cifar_resnet import read_checkpoint
@@ -14,25 +12,10 @@ from robust_api.run import RunConfig, run_certification
 from robust_api.datasets import image_arguments
 from robust_api.results import with_true_labels
 
-TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
-
-
-def write_cifar_like(root):
-    """`root/{train,test}/{cat,dog}/NNNN.png`: 32x32, cats reddish, dogs bluish, plus noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
-        for c, name in enumerate(("cat", "dog")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                base = np.array((200, 60, 60) if c == 0 else (60, 60, 200))
-                pixels = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i:04d}.png")
-    return root
-
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_cifar_like(tmp_path_factory.mktemp("cifar"))
+def data(cifar_like):
+    return cifar_like  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,9 @@
 """Training CIFAR classifiers: resumable after a kill with the same final weights, checkpoints that hold everything."""
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from robust_api.classifier_training import (
     ClassifierConfig,
@@ -21,22 +18,9 @@ from robust_api.errors import ConfigError
 TINY = ClassifierConfig(arch="resnet20", epochs=2, batch=4)
 
 
-def write_cifar_like(root: Path, per_class: int = 4) -> Path:
-    """`root/{train,test}/{cat,dog}/NNNN.png`: 32x32, cats reddish, dogs bluish, plus noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("test", 2)):
-        for c, name in enumerate(("cat", "dog")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                base = np.array((200, 60, 60) if c == 0 else (60, 60, 200))
-                pixels = np.clip(base + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / name / f"{i:04d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_cifar_like(tmp_path_factory.mktemp("cifar"))
+def data(cifar_like):
+    return cifar_like  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
