@@ -1,7 +1,6 @@
 """Training CIFAR classifiers: resumable after a kill with the same final weights, checkpoints that hold everything."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
