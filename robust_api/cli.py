@@ -733,6 +733,9 @@ def report_command(
     table: Optional[Path] = typer.Option(None, "--table", help="Write the markdown table at fixed radii here."),
     radii: Optional[str] = typer.Option(None, "--radii", help="Radii for the table, comma-separated (default 0,0.1,0.25,0.5,0.75,1)."),
     title: Optional[str] = typer.Option(None, "--title", help="Plot title."),
+    reference: Optional[List[str]] = typer.Option(
+        None, "--reference",
+        help="Published rows to put beside ours: salman2020-cifar10, or a TSV (label, then radii) (repeatable)."),
 ) -> None:
     """Certified accuracy vs radius: several runs overlaid in a plot, plus a table at fixed radii."""
     from robust_api.report import report
@@ -743,7 +746,8 @@ def report_command(
             radius_list = [float(r) for r in radii.split(",") if r.strip()]
         except ValueError:
             raise ConfigError(f"--radii must be comma-separated numbers, got {radii!r}") from None
-    text = report(results, labels=labels, plot=plot, table=table, radii=radius_list, title=title)
+    text = report(results, labels=labels, plot=plot, table=table, radii=radius_list, title=title,
+                  references=reference or ())
     out = console()
     out.print(text, markup=False, highlight=False)
     for what, path in (("plot", plot), ("table", table)):

@@ -30,6 +30,9 @@ __all__ = [
     "plot_runs",
     "table_markdown",
     "report",
+    "PublishedRow",
+    "PUBLISHED",
+    "load_reference",
 ]
 
 DEFAULT_RADII: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -67,6 +70,32 @@ class Run:
 
     def curve(self, radii: Iterable[float]) -> list[float]:
         return certified_accuracy_curve(self.rows, radii)
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """A published result to put beside ours: certified accuracy (a fraction) at the radii the publication
+    reports, nothing in between (a table row and plot markers, never a curve)."""
+
+    label: str
+    points: Mapping[float, float]
+    source: str = ""
+
+
+_SALMAN2020 = ("Salman et al. 2020, Denoised Smoothing, CIFAR-10 table: ResNet-110, N = 10,000, "
+               "best sigma of {0.12, 0.25, 0.5, 1.0} per radius")
+# the publications' numbers, by the name `--reference` takes; radii -> certified accuracy
+PUBLISHED: dict[str, tuple[PublishedRow, ...]] = {
+    "salman2020-cifar10": tuple(
+        PublishedRow(label, dict(zip((0.25, 0.5, 0.75, 1.0), values)), _SALMAN2020)
+        for label, values in (
+            ("no denoiser", (0.07, 0.03, 0.00, 0.00)),
+            ("Stab+MSE, query access", (0.45, 0.20, 0.15, 0.13)),
+            ("Stab+MSE, full access", (0.56, 0.41, 0.28, 0.19)),
+            ("Gaussian-trained classifier (Cohen et al.)", (0.59, 0.45, 0.31, 0.21)),
+        )
+    ),
+}
 
 
 # -- reading ---------------------------------------------------------------------------------------------
@@ -213,6 +242,50 @@ def load_runs(paths: Iterable[str | Path] | str | Path, labels: Sequence[str] | 
     return [Run(name, read_rows(path), path) for name, path in zip(names, paths)]
 
 
+def load_reference(spec: str | Path) -> list[PublishedRow]:
+    """Published rows by name (a key of PUBLISHED, e.g. "salman2020-cifar10") or from a TSV file whose header
+    is `label` then radii (`label\t0.25\t0.5`) and whose rows are a label then certified accuracies as fractions
+    in [0, 1] (a blank or `-` cell: not reported). ConfigError for an unknown name that is no file; LogError
+    (naming file and line) for a malformed file."""
+    if str(spec) in PUBLISHED:
+        return list(PUBLISHED[str(spec)])
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--reference {spec!r} is neither a known publication ({', '.join(sorted(PUBLISHED))}) "
+                          "nor a TSV file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogError(path, None, f"cannot read reference table: {exc}") from None
+    numbered = [(i, line.split("\t")) for i, line in enumerate(lines, 1) if line.strip()]
+    if not numbered or numbered[0][1][0].strip() != "label" or len(numbered[0][1]) < 2:
+        raise LogError(path, numbered[0][0] if numbered else None,
+                       "a reference table starts with a header `label<TAB>radius<TAB>radius...`")
+    try:
+        radii = _check_radii([float(cell) for cell in numbered[0][1][1:]])
+    except (ValueError, ConfigError):
+        raise LogError(path, numbered[0][0], "header radii must be numbers >= 0") from None
+    rows = []
+    for line, cells in numbered[1:]:
+        if len(cells) != len(radii) + 1:
+            raise LogError(path, line, f"has {len(cells)} field(s), the header has {len(radii) + 1}")
+        points = {}
+        for r, cell in zip(radii, cells[1:]):
+            if cell.strip() in ("", "-"):
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not 0.0 <= value <= 1.0:
+                raise LogError(path, line, f"certified accuracy {cell!r} is not a fraction in [0, 1]")
+            points[r] = value
+        rows.append(PublishedRow(cells[0].strip(), points, str(path)))
+    if not rows:
+        raise LogError(path, None, "has a header but no rows")
+    return rows
+
+
 # -- plots -----------------------------------------------------------------------------------------------
 
 
@@ -246,15 +319,16 @@ def _steps(run: Run, x_max: float) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def figure_runs(runs: Sequence[Run], title: str | None = None):
-    """A matplotlib Figure with every run's certified-accuracy curve overlaid (x: L2 radius, y: %)."""
+def figure_runs(runs: Sequence[Run], title: str | None = None, references: Sequence[PublishedRow] = ()):
+    """A matplotlib Figure with every run's certified-accuracy curve overlaid (x: L2 radius, y: %), and each
+    published row as markers at its radii (hollow, dotted, in the legend as "(published)")."""
     if not runs:
         raise ConfigError("nothing to plot: no runs")
     Figure, FigureCanvasAgg, PercentFormatter = _matplotlib()
     fig = Figure(figsize=(7.0, 4.5), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    x_max = _x_limit(runs)
+    x_max = max([_x_limit(runs)] + [r for ref in references for r in ref.points])
     for i, run in enumerate(runs):
         xs, ys = _steps(run, x_max)
         # a different dash pattern per run keeps curves that coincide (common for small runs) all visible
@@ -262,6 +336,10 @@ def figure_runs(runs: Sequence[Run], title: str | None = None):
             xs, ys, drawstyle="steps-pre", linewidth=2.0, linestyle=_LINESTYLES[i % len(_LINESTYLES)],
             color=f"C{i % 10}", label=f"{run.label} ({len(run.rows)} image{'s' if len(run.rows) != 1 else ''})",
         )
+    for j, ref in enumerate(references, start=len(runs)):
+        xs = sorted(ref.points)
+        ax.plot(xs, [100.0 * ref.points[r] for r in xs], linestyle=":", marker="o", markerfacecolor="none",
+                color=f"C{j % 10}", label=f"{ref.label} (published)")
     ax.set_xlim(0.0, x_max)
     ax.set_ylim(-1.5, 102.0)  # a curve at 0 % stays visible above the axis line
     ax.yaxis.set_major_formatter(PercentFormatter(100.0, decimals=0))
@@ -271,14 +349,15 @@ def figure_runs(runs: Sequence[Run], title: str | None = None):
     ax.grid(True, which="major", alpha=0.4)
     ax.minorticks_on()
     ax.grid(True, which="minor", alpha=0.15)
-    ax.legend(loc="upper right", frameon=True)
+    ax.legend(loc="upper right", frameon=True, fontsize="small" if references else None)
     return fig
 
 
-def plot_runs(runs: Sequence[Run], out_png: str | Path, title: str | None = None) -> Path:
-    """Write the overlaid curves of `runs` to a PNG at `out_png`; returns the path.
+def plot_runs(runs: Sequence[Run], out_png: str | Path, title: str | None = None,
+              references: Sequence[PublishedRow] = ()) -> Path:
+    """Write the overlaid curves of `runs` (and published markers) to a PNG at `out_png`; returns the path.
     ConfigError when matplotlib is missing, there is nothing to plot, or the file cannot be written."""
-    fig = figure_runs(runs, title)
+    fig = figure_runs(runs, title, references)
     out = Path(out_png)
     try:
         fig.savefig(out, format="png")
@@ -294,9 +373,11 @@ def _fmt_radius(r: float) -> str:
     return f"{r:g}"
 
 
-def table_markdown(runs: Sequence[Run], radii: Iterable[float] | None = None) -> str:
+def table_markdown(runs: Sequence[Run], radii: Iterable[float] | None = None,
+                   references: Sequence[PublishedRow] = ()) -> str:
     """A markdown table: one row per run (label, images, certified accuracy in % at each radius); the best
-    value of each column is bold when there are several runs. radii default to DEFAULT_RADII."""
+    value of each column is bold when there are several runs. radii default to DEFAULT_RADII. Published rows
+    follow, marked "published" in the images column, with "–" at radii they do not report."""
     radii = _check_radii(radii)
     if not runs:
         raise ConfigError("nothing to tabulate: no runs")
@@ -314,6 +395,9 @@ def table_markdown(runs: Sequence[Run], radii: Iterable[float] | None = None) ->
             cells.append(f"**{text}**" if len(runs) > 1 and value == best[j] and value > 0 else text)
         label = run.label.replace("|", "\\|")
         lines.append(f"| {label} | {len(run.rows)} | " + " | ".join(cells) + " |")
+    for ref in references:
+        cells = [f"{100 * ref.points[r]:.1f}%" if r in ref.points else "–" for r in radii]
+        lines.append(f"| {ref.label.replace('|', chr(92) + '|')} | published | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -327,15 +411,18 @@ def report(
     table: str | Path | None = None,
     radii: Iterable[float] | None = None,
     title: str | None = None,
+    references: Iterable[str | Path] = (),
 ) -> str:
-    """Load results TSVs, write the overlaid plot to `plot` (PNG) and the markdown table to `table` when given,
-    and return the table. Errors: ConfigError (no files, label count, radii, matplotlib missing, unwritable
-    output), LogError (missing or malformed results file). Inputs are all read before anything is written."""
+    """Load results TSVs (and published rows: `load_reference` names or files), write the overlaid plot to
+    `plot` (PNG) and the markdown table to `table` when given, and return the table. Errors: ConfigError (no
+    files, label count, radii, unknown reference, matplotlib missing, unwritable output), LogError (missing or
+    malformed results or reference file). Inputs are all read before anything is written."""
     radii = _check_radii(radii)
     runs = load_runs(paths, labels)
-    text = table_markdown(runs, radii)
+    published = [row for spec in references for row in load_reference(spec)]
+    text = table_markdown(runs, radii, published)
     if plot is not None:
-        plot_runs(runs, plot, title)
+        plot_runs(runs, plot, title, published)
     if table is not None:
         try:
             Path(table).write_text(text, encoding="utf-8")

@@ -277,3 +277,44 @@ def test_plot_handles_all_abstained_runs_and_infinite_radii(tmp_path):
     with Image.open(plot_runs(runs, tmp_path / "edge.png")) as img:
         img.load()
         assert img.size[0] > 0
+
+
+# -- published rows beside ours ----------------------------------------------------------------------------
+
+
+def test_the_papers_cifar10_rows_follow_ours_with_dashes_where_it_reports_nothing(tmp_path):
+    from robust_api.report import PUBLISHED
+
+    text = report(_three_runs(tmp_path), labels=["a", "b", "c"], radii=[0, 0.25, 1.0],
+                  references=["salman2020-cifar10"])
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 + 3 + len(PUBLISHED["salman2020-cifar10"])
+    assert lines[5] == "| no denoiser | published | – | 7.0% | 0.0% |"
+    assert lines[7] == "| Stab+MSE, full access | published | – | 56.0% | 19.0% |"
+
+
+def test_a_reference_tsv_is_read_and_bad_ones_name_file_and_line(tmp_path):
+    from robust_api.report import load_reference
+
+    good = tmp_path / "ref.tsv"
+    good.write_text("label\t0.25\t0.5\nmine, published\t0.5\t-\n", encoding="utf-8")
+    (row,) = load_reference(good)
+    assert row.label == "mine, published" and dict(row.points) == {0.25: 0.5}
+    assert "| mine, published | published | 50.0% | – |" in report(_three_runs(tmp_path), radii=[0.25, 0.5],
+                                                                    references=[good])
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("label\t0.25\nrow\t56\n", encoding="utf-8")
+    with pytest.raises(LogError, match=r"bad.tsv.*2.*not a fraction"):
+        load_reference(bad)
+    with pytest.raises(ConfigError, match="salman2020-cifar10"):
+        load_reference(tmp_path / "missing.tsv")
+
+
+def test_published_markers_are_drawn_on_the_plot(tmp_path):
+    runs = load_runs(_three_runs(tmp_path))
+    from robust_api.report import figure_runs, load_reference
+
+    fig = figure_runs(runs, references=load_reference("salman2020-cifar10"))
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend[3:] == [f"{r.label} (published)" for r in load_reference("salman2020-cifar10")]
+    assert fig.axes[0].get_xlim()[1] >= 1.0  # the paper's r = 1 points are inside the axes
