@@ -43,6 +43,11 @@ def test_train_prints_one_line_per_epoch_resumes_and_eval_reports_accuracy(data,
     assert lines[-1] == f"wrote {out} (epoch 2/2)"
     assert read_checkpoint(tmp_path / "mirror" / "c.pt")["epoch"] == 2
     assert read_checkpoint(out)["recipe"].startswith("robust-api classifier train --data ")
+    # no --bf16/--no-bf16: bfloat16 only where this CPU computes it natively (emulated it is ~10x slower)
+    from robust_api.denoisers.speed import native_bfloat16_cpu
+
+    native = "--bf16" if native_bfloat16_cpu() else "--no-bf16"
+    assert read_checkpoint(out)["recipe"].split()[-1] == native
 
     code, _, err = run_cli(capsys, *args)  # a second fresh run must not overwrite the first
     assert code == 2 and "--resume" in err
