@@ -3,7 +3,8 @@
 
 For each shipped name it reads RUNDIR/<name>.pt, drops training state (optimizer, loss history, RNG), measures the
 held-out PSNR (noisy vs denoised, one seeded noise draw per held-out photo: the centred 224 crop of each photo of
-`--photos`'s held-out split, or the built-in held-out crops without it), attaches the certified accuracies that
+`--photos`'s held-out split, or the built-in held-out crops without it; for the CIFAR-10 names every 20th image of
+`--cifar`'s test/ folder, 500 images the denoisers never saw), attaches the certified accuracies that
 `denoiser eval --json` files report for it, writes weights/<name>.pt and regenerates shipped.py with each file's
 sha256 and metadata. Names no longer in SHIPPED_NAMES are dropped from shipped.py. Maintainer tool; prints, as
 scripts do; the data folder is read only here, never by the package at run time.
@@ -26,7 +27,14 @@ from robust_api.denoisers.registry import WEIGHTS_DIR, file_sha256, get_weights
 from robust_api.denoisers.speed import denoise_numpy
 
 # FFDNet 12x64 (pruned from KAIR's 12x96 colour FFDNet, fine-tuned on the 900 training photos): the fast defaults
-SHIPPED_NAMES = ("ffdnet64-s0.12", "ffdnet64-s0.25", "ffdnet64-s0.50", "ffdnet64-s0.25-stab")
+IMAGENET_NAMES = ("ffdnet64-s0.12", "ffdnet64-s0.25", "ffdnet64-s0.50", "ffdnet64-s0.25-stab")
+# DnCNN-10/32 on the 50,000 CIFAR-10 training images (scripts/cifar10_table.sh): MSE, then Stab+MSE through a
+# second classifier (query access) and through the target resnet20 itself (full access)
+CIFAR_NAMES = ("cifar10-dncnn-s0.25", "cifar10-dncnn-s0.25-stab-query", "cifar10-dncnn-s0.25-stab-full")
+SHIPPED_NAMES = IMAGENET_NAMES + CIFAR_NAMES
+# the classifiers certification runs behind: Stab through one of them is the paper's full access
+FULL_ACCESS_TARGETS = ("efficientnet-lite0", "cifar10-resnet20.pt")
+CIFAR_HELDOUT_SKIP = 20
 _SHIPPED_PY = Path(__file__).resolve().parent / "shipped.py"
 
 
@@ -38,6 +46,22 @@ def heldout_images(photos: Path | None = None, crops: int = 6) -> tuple[np.ndarr
 
     images, description = datasets.evaluation_set(photos, "heldout")
     return np.stack([img for _, img, _ in images]), description
+
+
+def cifar_heldout_images(root: Path) -> tuple[np.ndarray, str]:
+    """Every CIFAR_HELDOUT_SKIP-th image of `root`/test (ImageFolder order) as NHWC float32, and its description."""
+    from robust_api.datasets import decode_uint8, image_folder
+
+    test = image_folder(Path(root) / "test", skip=CIFAR_HELDOUT_SKIP)
+    return decode_uint8(test).astype(np.float32) / 255.0, f"{test.describe()} (test split, never trained on)"
+
+
+def access_of(surrogates: list[str]) -> str | None:
+    """"full" when Stab ran through the classifier that certification queries, "query" through others, None for
+    MSE."""
+    if not surrogates:
+        return None
+    return "full" if any(Path(s).name in FULL_ACCESS_TARGETS for s in surrogates) else "query"
 
 
 def heldout_psnr(
@@ -98,19 +122,28 @@ def eval_metrics(eval_files: list[Path]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def export(rundir: Path, seed: int = 0, photos: Path | None = None, eval_files: list[Path] | None = None) -> list[dict[str, Any]]:
+def export(rundir: Path, seed: int = 0, photos: Path | None = None, eval_files: list[Path] | None = None,
+           cifar: Path | None = None) -> list[dict[str, Any]]:
     WEIGHTS_DIR.mkdir(exist_ok=True)
     entries = []
-    images, heldout = heldout_images(photos)
+    heldout_sets = {"imagenet": lambda: heldout_images(photos)}
+    if cifar is not None:
+        heldout_sets["cifar"] = lambda: cifar_heldout_images(cifar)
+    loaded_sets: dict[str, tuple[np.ndarray, str]] = {}
     measured = eval_metrics(list(eval_files or []))
     for name in SHIPPED_NAMES:
         src = rundir / f"{name}.pt"
-        if not src.exists():
+        family = "cifar" if name in CIFAR_NAMES else "imagenet"
+        if not src.exists() or family not in heldout_sets:
             current = get_weights(name)
             if current is not None:  # keep the shipped entry (and its file) as it is
                 entries.append({"name": name, "filename": current.filename, "sha256": current.sha256, "meta": current.meta})
-            print(f"keep {name}: {src} missing" if current else f"skip {name}: {src} missing")
+            why = f"{src} missing" if not src.exists() else "no --cifar data to measure it on"
+            print(f"keep {name}: {why}" if current else f"skip {name}: {why}")
             continue
+        if family not in loaded_sets:
+            loaded_sets[family] = heldout_sets[family]()
+        images, heldout = loaded_sets[family]
         raw = read_checkpoint_dict(src)
         loaded = load_checkpoint(src)
         m = loaded.meta
@@ -124,9 +157,7 @@ def export(rundir: Path, seed: int = 0, photos: Path | None = None, eval_files: 
             "sigma": sigma,
             "objective": m.get("objective"),
             "surrogates": m.get("surrogates", []),
-            # Stab through the classifier that backs the emulators / local provider is the paper's full access
-            "access": None if not m.get("surrogates") else
-            ("full" if "efficientnet-lite0" in m.get("surrogates", []) else "query"),
+            "access": access_of(list(m.get("surrogates") or [])),
             "training_data": m.get("data"),
             "steps": m.get("steps"),
             "train_seconds_cpu": m.get("train_seconds"),
@@ -178,8 +209,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photos", type=Path, default=None, help="photo folder whose held-out split PSNR is measured on")
     parser.add_argument("--eval", type=Path, action="append", default=[], help="denoiser eval --json file (repeatable)")
+    parser.add_argument("--cifar", type=Path, default=None, help="CIFAR-10 ImageFolder root (its test/ is held out)")
     args = parser.parse_args()
-    export(args.rundir, args.seed, args.photos, args.eval)
+    export(args.rundir, args.seed, args.photos, args.eval, args.cifar)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,22 @@ def test_heldout_images_of_a_folder_are_its_heldout_split(tmp_path):
     assert images.shape == (2, 224, 224, 3)
     assert abs(float(images[0].mean()) - 90 / 255) < 0.01 and abs(float(images[1].mean()) - 190 / 255) < 0.01
     assert "split=heldout" in description and "2 photos" in description
+
+
+def test_access_is_full_only_through_the_classifier_certification_queries():
+    from robust_api.denoisers.export import access_of
+
+    assert access_of([]) is None
+    assert access_of(["efficientnet-lite1", "efficientnet-lite2"]) == "query"
+    assert access_of(["efficientnet-lite0"]) == "full"
+    assert access_of(["runs/cifar/resnet20-surrogate.pt"]) == "query"
+    assert access_of(["models/cifar10-resnet20.pt"]) == "full"
+
+
+def test_cifar_denoisers_are_measured_on_every_20th_test_image(cifar_like, monkeypatch):
+    from robust_api.denoisers import export
+
+    monkeypatch.setattr(export, "CIFAR_HELDOUT_SKIP", 3)
+    images, description = export.cifar_heldout_images(cifar_like)
+    assert images.shape == (2, 32, 32, 3) and images.dtype == "float32" and 0.0 <= images.min() <= images.max() <= 1.0
+    assert "test split" in description
