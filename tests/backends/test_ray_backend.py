@@ -33,9 +33,19 @@ PARAMS = CertifyParams(sigma=0.25, n0=4, n=12, alpha=0.01, seed=3)  # 17 calls p
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    from robust_api.backends.ray_backend import connect
+
+    connect()  # the embedded instance the CLI starts (this machine's CPUs, workers at the driver's priority)
     yield
     ray.shutdown()
+
+
+def test_embedded_workers_run_at_the_drivers_priority_not_rays_niceness_15():
+    # Ray's default niceness 15 let two trainings at niceness 0 slow a worker's resnet20 22x on this machine
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(ray.remote(num_cpus=1)(niceness).remote()) == os.nice(0)
 
 
 @pytest.fixture(scope="module")
