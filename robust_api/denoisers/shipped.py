@@ -146,4 +146,84 @@ SHIPPED: tuple[DenoiserWeights, ...] = (
                                'certified': {'0.0': 0.48, '0.1': 0.46, '0.25': 0.37, '0.5': 0.0},
                                'certified_true': {'0.0': 0.46, '0.1': 0.44, '0.25': 0.36, '0.5': 0.0}}},
     ),
+    DenoiserWeights(
+        name='cifar10-dncnn-s0.25',
+        filename='cifar10-dncnn-s0.25.pt',
+        sha256='cc5f34b2a15d5d25a8916fbba09ad7f1e69227db60e818d5d25a766b6cf54b95',
+        meta={'name': 'cifar10-dncnn-s0.25',
+              'arch': 'dncnn',
+              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+              'sigma': 0.25,
+              'objective': 'mse',
+              'surrogates': [],
+              'access': None,
+              'training_data': 'train split=all: 50000 photos',
+              'steps': 700,
+              'train_seconds_cpu': 1657.1,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/cifar10/train --split all --patch 32 --arch '
+                         'dncnn --sigma 0.25 --objective mse --batch 128 --lr 1e-3 --steps 700 --checkpoint-every 50 '
+                         '--threads 1 --resume --out runs/cifar10-dncnn-s0.25.pt'],
+              'heldout_photos': 'test (10 classes, every 20th): 500 images (test split, never trained on)',
+              'heldout_psnr_noisy_db': 13.15,
+              'heldout_psnr_db': 22.48,
+              'heldout_psnr_gain_db': 9.33,
+              'parameters': 76000},
+    ),
+    DenoiserWeights(
+        name='cifar10-dncnn-s0.25-stab-query',
+        filename='cifar10-dncnn-s0.25-stab-query.pt',
+        sha256='864a08c9902f2530187ea3daf5660f5299ef864f42ececc57ad09d7a20ecc03a',
+        meta={'name': 'cifar10-dncnn-s0.25-stab-query',
+              'arch': 'dncnn',
+              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+              'sigma': 0.25,
+              'objective': 'stab+mse',
+              'surrogates': ['runs/cifar/resnet20-surrogate-e3.pt'],
+              'access': 'query',
+              'training_data': 'train split=all: 50000 photos',
+              'steps': 300,
+              'train_seconds_cpu': 856.0,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/cifar10/train --split all --patch 32 --arch '
+                         'dncnn --sigma 0.25 --objective mse --batch 128 --lr 1e-3 --steps 700 --checkpoint-every 50 '
+                         '--threads 1 --resume --out runs/dncnn-mse.pt',
+                         'robust-api denoiser train --images ../shared/data/cifar10/train --split all --patch 32 --arch '
+                         'dncnn --sigma 0.25 --objective stab+mse --init runs/dncnn-mse.pt --batch 64 --lr 1e-4 --steps '
+                         '300 --checkpoint-every 25 --threads 1 --resume --surrogate runs/cifar/resnet20-surrogate-e3.pt '
+                         '--out runs/cifar10-dncnn-s0.25-stab-query.pt'],
+              'heldout_photos': 'test (10 classes, every 20th): 500 images (test split, never trained on)',
+              'heldout_psnr_noisy_db': 13.15,
+              'heldout_psnr_db': 21.22,
+              'heldout_psnr_gain_db': 8.07,
+              'parameters': 76000},
+    ),
+    DenoiserWeights(
+        name='cifar10-dncnn-s0.25-stab-full',
+        filename='cifar10-dncnn-s0.25-stab-full.pt',
+        sha256='b8fe66492be76ab2ae48bf2275ed901ee188d247fdac6a7e8da7f5565f47f7c8',
+        meta={'name': 'cifar10-dncnn-s0.25-stab-full',
+              'arch': 'dncnn',
+              'arch_config': {'depth': 10, 'n_channels': 32, 'image_channels': 3, 'bn_momentum': 0.1},
+              'sigma': 0.25,
+              'objective': 'stab+mse',
+              'surrogates': ['models/cifar10-resnet20.pt'],
+              'access': 'full',
+              'training_data': 'train split=all: 50000 photos',
+              'steps': 300,
+              'train_seconds_cpu': 818.4,
+              'train_precision': 'float32',
+              'recipe': ['robust-api denoiser train --images ../shared/data/cifar10/train --split all --patch 32 --arch '
+                         'dncnn --sigma 0.25 --objective mse --batch 128 --lr 1e-3 --steps 700 --checkpoint-every 50 '
+                         '--threads 1 --resume --out runs/dncnn-mse.pt',
+                         'robust-api denoiser train --images ../shared/data/cifar10/train --split all --patch 32 --arch '
+                         'dncnn --sigma 0.25 --objective stab+mse --init runs/dncnn-mse.pt --batch 64 --lr 1e-4 --steps '
+                         '300 --checkpoint-every 25 --threads 1 --resume --surrogate models/cifar10-resnet20.pt --out '
+                         'runs/cifar10-dncnn-s0.25-stab-full.pt'],
+              'heldout_photos': 'test (10 classes, every 20th): 500 images (test split, never trained on)',
+              'heldout_psnr_noisy_db': 13.15,
+              'heldout_psnr_db': 21.42,
+              'heldout_psnr_gain_db': 8.27,
+              'parameters': 76000},
+    ),
 )

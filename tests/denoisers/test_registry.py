@@ -18,11 +18,24 @@ from robust_api.denoisers.registry import (
 from robust_api.errors import CheckpointError
 
 EXPECTED = {"ffdnet64-s0.12": 0.12, "ffdnet64-s0.25": 0.25, "ffdnet64-s0.50": 0.50, "ffdnet64-s0.25-stab": 0.25}
+CIFAR = {"cifar10-dncnn-s0.25": None, "cifar10-dncnn-s0.25-stab-query": "query", "cifar10-dncnn-s0.25-stab-full": "full"}
 
 
-def test_the_four_shipped_denoisers_are_registered_with_their_metadata():
+def test_the_cifar10_denoisers_are_registered_with_recipe_data_access_and_heldout_psnr():
     entries = {w.name: w for w in list_denoisers()}
-    assert set(entries) == set(EXPECTED)
+    for name, access in CIFAR.items():
+        meta = entries[name].meta
+        assert meta["sigma"] == 0.25 and meta["arch"] == "dncnn" and meta["access"] == access
+        assert meta["objective"] == ("mse" if access is None else "stab+mse")
+        assert "train split=all: 50000 photos" == meta["training_data"] and "test split" in meta["heldout_photos"]
+        assert meta["heldout_psnr_db"] > meta["heldout_psnr_noisy_db"] + 5
+        assert meta["recipe"] and all(r.startswith("robust-api denoiser train") for r in meta["recipe"])
+        assert entries[name].path.stat().st_size < 1_000_000
+
+
+def test_the_shipped_imagenet_denoisers_are_registered_with_their_metadata():
+    entries = {w.name: w for w in list_denoisers()}
+    assert set(entries) == set(EXPECTED) | set(CIFAR)
     for name, sigma in EXPECTED.items():
         meta = entries[name].meta
         assert meta["sigma"] == sigma and meta["arch"] == "ffdnet" and meta["arch_config"]["n_channels"] == 64
@@ -36,7 +49,7 @@ def test_the_four_shipped_denoisers_are_registered_with_their_metadata():
     assert entries["ffdnet64-s0.25-stab"].meta["access"] == "query"
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED) + sorted(CIFAR))
 def test_each_shipped_denoiser_loads_by_name_and_denoises(name):
     module = load_denoiser(name, device="cpu")
     entry = registry.get_weights(name)
@@ -45,7 +58,7 @@ def test_each_shipped_denoiser_loads_by_name_and_denoises(name):
     torch.manual_seed(0)
     photo = eval_images(1, size=64)[0][1]  # a held-out real photo, never seen in training
     clean = torch.from_numpy(photo).permute(2, 0, 1)[None]
-    noisy = (clean + EXPECTED[name] * torch.randn_like(clean)).clamp(0, 1)
+    noisy = (clean + EXPECTED.get(name, 0.25) * torch.randn_like(clean)).clamp(0, 1)
     with torch.no_grad():
         out = module(noisy)
     assert ((out - clean) ** 2).mean() < ((noisy - clean) ** 2).mean()
