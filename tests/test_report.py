@@ -318,3 +318,19 @@ def test_published_markers_are_drawn_on_the_plot(tmp_path):
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend[3:] == [f"{r.label} (published)" for r in load_reference("salman2020-cifar10")]
     assert fig.axes[0].get_xlim()[1] >= 1.0  # the paper's r = 1 points are inside the axes
+
+
+def test_the_report_command_puts_the_papers_rows_beside_ours(tmp_path, capsys):
+    from robust_api import cli
+
+    paths = _three_runs(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["report", *map(str, paths), "--radii", "0.25", "--reference", "salman2020-cifar10",
+                  "--table", str(tmp_path / "t.md")])
+    out = capsys.readouterr().out
+    assert (done.value.code or 0) == 0
+    assert "| Stab+MSE, query access | published | 45.0% |" in out
+    assert (tmp_path / "t.md").read_text().count("| published |") == 4
+    with pytest.raises(SystemExit) as done:
+        cli.main(["report", str(paths[0]), "--reference", "nope-2020"])
+    assert done.value.code != 0 and "salman2020-cifar10" in capsys.readouterr().err
