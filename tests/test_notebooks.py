@@ -13,7 +13,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["tutorial.ipynb", "offline_analysis.ipynb"]
+NAMES = ["tutorial.ipynb", "offline_analysis.ipynb", "cifar10_paper_table.ipynb"]
 CELL_TIMEOUT_S = 600  # the slowest cell (four providers, denoised) takes 1-5 min on a 2-core machine, by its load
 
 
