@@ -82,6 +82,7 @@ def train_cmd(
     min_confidence: float = typer.Option(0.0, "--min-confidence", help="Stab: skip samples whose clean top-1 probability is lower."),
     mse_weight: float = typer.Option(0.0, "--mse-weight", help="Stab objectives: add this times the MSE loss (0: the paper's)."),
     freeze_bn: bool = typer.Option(False, "--freeze-bn/--no-freeze-bn", help="Keep BatchNorm statistics fixed (fine-tuning)."),
+    rotate: bool = typer.Option(True, "--rotate/--no-rotate", help="Random 90-degree patch rotations (use --no-rotate for Stab through a classifier of upright photos)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bfloat16 autocast where the CPU/GPU has native bf16), float32, bfloat16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --out if it exists."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda (default: cuda when available)."),
@@ -104,7 +105,7 @@ def train_cmd(
         config = TrainConfig(
             sigma=sigma, arch=arch, arch_overrides=overrides, objective=objective, steps=steps, batch=batch,
             patch=patch, lr=lr, checkpoint_every=checkpoint_every, seed=seed, init=init, min_confidence=min_confidence,
-            mse_weight=mse_weight, freeze_bn=freeze_bn, precision=precision,
+            mse_weight=mse_weight, freeze_bn=freeze_bn, rotate=rotate, precision=precision,
             surrogates=surrogate_names if objective_needs else [], data=description,
             recipe=_recipe("train"),
         )
@@ -172,6 +173,7 @@ def eval_cmd(
     batch: int = typer.Option(32, "--batch"),
     size: int = typer.Option(224, "--size", help="Evaluation image side (the classifier's input is 224)."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Fold BatchNorm + channels_last + --precision."),
+    rotate: bool = typer.Option(True, "--rotate/--no-rotate", help="Random 90-degree patch rotations (use --no-rotate for Stab through a classifier of upright photos)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16/fp16 where native and PSNR-neutral), float32, bfloat16, float16."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write results (with per-image rows) here."),

@@ -47,6 +47,7 @@ class TrainConfig:
     min_confidence: float = 0.0
     mse_weight: float = 0.0  # Stab objectives: + mse_weight * MSE (0 = the paper's objective)
     freeze_bn: bool = False  # BatchNorm uses (and keeps) its running statistics, as at inference: for fine-tuning
+    rotate: bool = True  # random 90-degree rotations of each patch (flips always); off for Stab through a classifier
     precision: str = "auto"  # forward passes under bfloat16 autocast: "bfloat16", "float32", or "auto" (native only)
     init: str | None = None
     surrogates: list[str] = field(default_factory=list)
@@ -78,13 +79,19 @@ class TrainResult:
 
 
 class PatchSampler:
-    """Random `patch` x `patch` crops of the images (each >= patch on both sides), with flips and rotations.
+    """Random `patch` x `patch` crops of the images (each >= patch on both sides), with horizontal flips and, when
+    `rotate`, random 90-degree rotations.
 
-    Images are HxWx3 arrays: float in [0,1], or uint8 (0..255, kept as uint8 and scaled per crop).
+    Images are HxWx3 arrays: float in [0,1], or uint8 (0..255, kept as uint8 and scaled per crop). Rotations suit
+    MSE (noise and texture have no up); a Stab objective asks a classifier to keep its label of the clean patch,
+    and a classifier trained on upright photos labels a sideways one arbitrarily, so Stab runs use rotate=False.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], patch: int, generator: torch.Generator) -> None:
+    def __init__(
+        self, images: Sequence[np.ndarray], patch: int, generator: torch.Generator, rotate: bool = True
+    ) -> None:
         self.patch = patch
+        self.rotate = rotate
         # uint8 photos stay uint8 in memory (decoded once; each crop is converted to float when cut)
         self.images = [
             torch.from_numpy(np.array(a, dtype=np.uint8 if a.dtype == np.uint8 else np.float32, copy=True))
@@ -109,7 +116,7 @@ class PatchSampler:
             x = int(torch.randint(0, img.shape[2] - self.patch + 1, (1,), generator=g))
             crop = img[:, y:y + self.patch, x:x + self.patch]
             crop = crop.float() / 255.0 if crop.dtype == torch.uint8 else crop
-            k = int(torch.randint(0, 4, (1,), generator=g))
+            k = int(torch.randint(0, 4, (1,), generator=g)) if self.rotate else 0
             if k:
                 crop = torch.rot90(crop, k, dims=(1, 2))
             if int(torch.randint(0, 2, (1,), generator=g)):
@@ -263,7 +270,7 @@ def train_denoiser(
         elapsed_before = float((ckpt.get("meta") or {}).get("train_seconds", 0.0))
         init_identity = (ckpt.get("meta") or {}).get("init", init_identity)
 
-    sampler = PatchSampler(images, config.patch, generator)
+    sampler = PatchSampler(images, config.patch, generator, rotate=config.rotate)
     started = time.perf_counter()
 
     def save() -> None:

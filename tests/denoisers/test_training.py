@@ -126,6 +126,24 @@ def test_patches_come_with_flips_and_rotations():
     assert corners == {(0, 0), (0, 15), (15, 0), (15, 15)}
 
 
+def test_without_rotations_patches_stay_upright_and_only_flip():
+    # an upright photo stays upright: the top-left pixel can only move to the top-right (a horizontal flip)
+    img = np.zeros((16, 16, 3), dtype=np.float32)
+    img[0, 0] = 1.0
+    sampler = PatchSampler([img], 16, torch.Generator().manual_seed(0), rotate=False)
+    corners = set()
+    for patch in sampler.sample(64):
+        ys, xs = torch.nonzero(patch[0], as_tuple=True)
+        corners.add((int(ys[0]), int(xs[0])))
+    assert corners == {(0, 0), (0, 15)}
+
+
+def test_the_rotation_choice_is_recorded_with_the_run(tmp_path):
+    result = train_denoiser(config(steps=2, rotate=False), smooth_images(), tmp_path / "r.pt", device="cpu")
+    meta = torch.load(result.checkpoint, weights_only=False)["meta"]
+    assert meta["train"]["rotate"] is False
+
+
 def test_real_efficientnet_surrogate_trains_one_step(tmp_path):
     pytest.importorskip("efficientnet_lite_pytorch")
     from robust_api.denoisers.surrogates import load_surrogate
