@@ -173,7 +173,6 @@ def eval_cmd(
     batch: int = typer.Option(32, "--batch"),
     size: int = typer.Option(224, "--size", help="Evaluation image side (the classifier's input is 224)."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Fold BatchNorm + channels_last + --precision."),
-    rotate: bool = typer.Option(True, "--rotate/--no-rotate", help="Random 90-degree patch rotations (use --no-rotate for Stab through a classifier of upright photos)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16/fp16 where native and PSNR-neutral), float32, bfloat16, float16."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write results (with per-image rows) here."),
