@@ -99,6 +99,32 @@ def _portable(recipe: str, name: str | None = None) -> str:
     return recipe if name is None else re.sub(r"--out \S+", f"--out runs/{name}.pt", recipe)
 
 
+def _distinct_stage_files(recipe: list[str]) -> list[str]:
+    """A recipe chain in which no two commands write the same file.
+
+    A run that continues shipped weights under the same name (`--init NAME`, exported as NAME again) would read,
+    after `_portable`, `--init runs/NAME.pt --out runs/NAME.pt`, the file the previous stage wrote; with
+    `--resume` that resumes the old stage instead of starting the new one. Each stage whose output a later stage
+    overwrites writes `runs/NAME.stageK.pt` instead (K its position in the chain, from 1), and the commands that
+    read it until it is overwritten read that file.
+    """
+    def out_of(cmd: str) -> str | None:
+        m = re.search(r"--out (\S+)", cmd)
+        return m[1] if m else None
+
+    outs = [out_of(cmd) for cmd in recipe]
+    result = list(recipe)
+    for k, path in enumerate(outs):
+        later = [j for j in range(k + 1, len(outs)) if outs[j] == path]
+        if path is None or not later:
+            continue
+        staged = re.sub(r"\.pt$", f".stage{k + 1}.pt", path)
+        result[k] = result[k].replace(f"--out {path}", f"--out {staged}")
+        for j in range(k + 1, later[0] + 1):
+            result[j] = re.sub(rf"--init {re.escape(path)}(?=\s|$)", f"--init {staged}", result[j])
+    return result
+
+
 def eval_metrics(eval_files: list[Path]) -> dict[str, dict[str, Any]]:
     """{run or shipped name: {sigma, n0, n, alpha, photos, certified..., psnr}} from `denoiser eval --json` files.
 
@@ -162,7 +188,7 @@ def export(rundir: Path, seed: int = 0, photos: Path | None = None, eval_files: 
             "steps": m.get("steps"),
             "train_seconds_cpu": m.get("train_seconds"),
             "train_precision": m.get("train_precision", "float32"),
-            "recipe": [_portable(r) for r in chain[:-1]] + [_portable(chain[-1], name)] if chain else [],
+            "recipe": _distinct_stage_files([_portable(r) for r in chain[:-1]] + [_portable(chain[-1], name)]) if chain else [],
             "heldout_photos": heldout,
             "heldout_psnr_noisy_db": round(noisy_db, 2),
             "heldout_psnr_db": round(denoised_db, 2),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from robust_api.denoisers.architectures import build_denoiser
 from robust_api.denoisers.checkpoints import checkpoint_dict
-from robust_api.denoisers.export import _portable, _recipe_chain
+from robust_api.denoisers.export import _distinct_stage_files, _portable, _recipe_chain
 from robust_api.denoisers.registry import get_weights
 
 
@@ -82,3 +82,17 @@ def test_cifar_denoisers_are_measured_on_every_20th_test_image(cifar_like, monke
     images, description = export.cifar_heldout_images(cifar_like)
     assert images.shape == (2, 32, 32, 3) and images.dtype == "float32" and 0.0 <= images.min() <= images.max() <= 1.0
     assert "test split" in description
+
+
+def test_a_stage_continuing_shipped_weights_under_their_name_reads_a_file_no_later_stage_overwrites():
+    chain = [
+        "t --objective mse --out runs/a.pt",
+        "t --init runs/a.pt --steps 300 --out runs/b.pt",
+        "t --init runs/b.pt --steps 1600 --out runs/b.pt",  # continues b, exported as b again
+    ]
+    assert _distinct_stage_files(chain) == [
+        "t --objective mse --out runs/a.pt",
+        "t --init runs/a.pt --steps 300 --out runs/b.stage2.pt",
+        "t --init runs/b.stage2.pt --steps 1600 --out runs/b.pt",
+    ]
+    assert _distinct_stage_files(chain[:2]) == chain[:2]  # nothing overwritten: unchanged
