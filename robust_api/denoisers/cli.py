@@ -164,7 +164,10 @@ def eval_cmd(
     tv_weight: Optional[float] = typer.Option(None, "--tv-weight", help="TV weight (default 0.6 * sigma)."),
     photos_dir: Optional[Path] = typer.Option(None, "--photos", help="Folder of evaluation photos (e.g. imagenet-samples): one centred crop each, true ImageNet class from the file order when the folder has one photo per class."),
     split: str = typer.Option("heldout", "--split", help="With --photos: train | heldout | all (index % 10 == 9 is held out)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="With --photos: only the first N photos of the split."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="Instead of --photos: an ImageFolder tree (e.g. ../shared/data/cifar10/test), images at their own size, true class from their folder."),
+    skip: int = typer.Option(1, "--skip", help="With --dataset: every K-th image in data-set order."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --photos: only the first N photos of the split; with --dataset: at most N images."),
+    classifier: str = typer.Option("efficientnet-lite0", "--classifier", help="The base classifier: efficientnet-lite0/1/2, torchvision:NAME, or a `classifier train` checkpoint (.pt, e.g. models/cifar10-resnet20.pt)."),
     crops: int = typer.Option(4, "--crops", help="Without --photos: 224x224 crops per built-in held-out photo (1..12)."),
     n0: int = typer.Option(32, "--n0", help="Selection samples per image."),
     n: int = typer.Option(200, "--n", help="Estimation samples per image."),
@@ -177,8 +180,9 @@ def eval_cmd(
     threads: Optional[int] = typer.Option(None, "--threads"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write results (with per-image rows) here."),
 ) -> None:
-    """PSNR, agreement with the clean label, and certified accuracy of EfficientNet-Lite0 on held-out photos
-    (and accuracy against the true class when --photos is a folder with one photo per ImageNet class)."""
+    """PSNR, agreement with the clean label, and certified accuracy of a classifier (EfficientNet-Lite0 unless
+    --classifier) on held-out photos, every method on the same noise; also accuracy against the true class when
+    --photos is a folder with one photo per ImageNet class, or --dataset an ImageFolder tree."""
     import json
 
     import torch
@@ -203,14 +207,25 @@ def eval_cmd(
             methods.append(ev.module_method(name, module))
         if not methods:
             raise ConfigError("nothing to evaluate: no baselines and no denoiser")
-        if photos_dir is not None:
+        if photos_dir is not None and dataset is not None:
+            raise ConfigError("give --photos or --dataset, not both")
+        if dataset is not None:
+            from robust_api.denoisers import datasets
+
+            class_names = None
+            if classifier.endswith((".pt", ".pth")):
+                from robust_api.cifar_resnet import read_checkpoint
+
+                class_names = read_checkpoint(classifier).get("class_names")
+            images, where = datasets.labelled_folder_set(dataset, skip=skip, limit=limit, class_names=class_names)
+        elif photos_dir is not None:
             from robust_api.denoisers import datasets
 
             images, where = datasets.evaluation_set(photos_dir, split, size, limit=limit)
         else:
             images = eval_images(crops, size)
             where = f"crops of {', '.join(sorted({i.split('#')[0] for i, _ in images}))}"
-        classify = ev.Classifier(load_surrogate("efficientnet-lite0"), batch_size=batch)
+        classify = ev.Classifier(load_surrogate(classifier), batch_size=batch)
         with Progress(TextColumn("[bold]eval[/] sigma=" + f"{sigma:g}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
             task = bar.add_task("", total=len(images) * (n0 + n))
             results = ev.evaluate(
@@ -222,13 +237,14 @@ def eval_cmd(
     typer.echo(ev.format_table(results))
     typer.echo(
         f"\n{len(images)} images ({where}), "
-        f"n0={n0}, n={n}, alpha={alpha}, seed={seed}; classifier efficientnet-lite0; "
+        f"n0={n0}, n={n}, alpha={alpha}, seed={seed}; classifier {classifier}; "
         f"seconds per method: " + ", ".join(f"{r.name} {r.seconds:.0f}" for r in results)
     )
     if json_out:
         payload = {
             "command": _recipe("eval"),
             "settings": {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "size": size,
+                         "classifier": classifier,
                          "photos": where, "crops": None if photos_dir is not None else crops},
             "results": [r.__dict__ for r in results],
         }

@@ -99,3 +99,32 @@ def evaluation_set(
     found = load_folder(folder, split, limit=limit)
     images = [(p.name, center_crop(p.pixels, size), p.true_class) for p in found]
     return images, f"{describe(folder, split, found)}, one centred {size}x{size} crop each"
+
+
+def labelled_folder_set(
+    root: str | Path, *, skip: int = 1, limit: int | None = None, class_names: Sequence[str] | None = None
+) -> tuple[list[tuple[str, np.ndarray, int | None]], str]:
+    """(name, HxWx3 float32 in [0,1] at the images' own size, true class) for every `skip`-th image of an
+    ImageFolder tree (`root/<class>/<image>`, e.g. CIFAR-10's test/), at most `limit`, and a description.
+
+    The true class is the index of the image's folder name in `class_names` (a classifier's output order) when
+    given, else its folder's position among the sorted class folders; None for a plain folder of images.
+    ConfigError when the folder holds no images, the images differ in size, or a class folder's name is not one of
+    `class_names`.
+    """
+    from robust_api.datasets import decode_uint8, image_folder
+
+    data = image_folder(root, skip=skip, max=limit)
+    lookup = {name: i for i, name in enumerate(class_names)} if class_names else None
+    truths: list[int | None] = []
+    for f in data.files:
+        if f.class_index is None or lookup is None:
+            truths.append(f.class_index)
+        elif f.class_name in lookup:
+            truths.append(lookup[f.class_name])
+        else:
+            raise ConfigError(f"{root}: class folder {f.class_name!r} is not a class of the classifier "
+                              f"({', '.join(class_names or [])})")
+    pixels = decode_uint8(data).astype(np.float32) / 255.0
+    names = [str(f.path.relative_to(data.root)) for f in data.files]
+    return list(zip(names, pixels, truths)), data.describe()

@@ -58,3 +58,37 @@ def test_cifar_dncnn_mse_then_stab_mse_through_a_classifier_checkpoint(tmp_path,
     stab = read_checkpoint_dict(tmp_path / "stab.pt")
     assert stab["meta"]["train"]["surrogates"] == [str(surrogate)]
     assert any(not torch.equal(tensor, mse["state_dict"][name]) for name, tensor in stab["state_dict"].items())
+
+
+def test_labelled_folder_set_takes_true_classes_in_the_classifiers_order(cifar_like):
+    from robust_api.denoisers.datasets import labelled_folder_set
+    from robust_api.errors import ConfigError
+
+    images, description = labelled_folder_set(cifar_like / "test", class_names=["dog", "cat"])
+    assert [(name, truth) for name, _, truth in images] == [
+        ("cat/0000.png", 1), ("cat/0001.png", 1), ("dog/0000.png", 0), ("dog/0001.png", 0)]
+    assert images[0][1].shape == (32, 32, 3) and images[0][1].dtype == np.float32 and images[0][1].max() <= 1.0
+    assert "4 images" in description
+    every_other, _ = labelled_folder_set(cifar_like / "test", skip=2)
+    assert [(name, truth) for name, _, truth in every_other] == [("cat/0000.png", 0), ("dog/0000.png", 1)]
+    with pytest.raises(ConfigError, match="'cat' is not a class of the classifier"):
+        labelled_folder_set(cifar_like / "test", class_names=["dog", "bird"])
+
+
+def test_denoiser_eval_on_an_image_folder_through_a_classifier_checkpoint(cifar_like, tmp_path, capsys):
+    import json
+
+    ckpt = tmp_path / "resnet20.pt"
+    torch.manual_seed(0)
+    torch.save({"arch": "resnet20", "class_names": ["cat", "dog"], "state_dict": CifarResNet("resnet20", 2).state_dict()}, ckpt)
+    out = run_cli(capsys, "denoiser", "eval", "--dataset", cifar_like / "test", "--classifier", ckpt,
+                  "--denoiser", "cifar10-dncnn-s0.25", "--n0", "4", "--n", "8", "--threads", "1",
+                  "--json", tmp_path / "eval.json")
+    assert f"classifier {ckpt}" in out
+    payload = json.loads((tmp_path / "eval.json").read_text())
+    assert payload["settings"]["classifier"] == str(ckpt)
+    results = payload["results"]
+    assert [r["name"].split(" [")[0] for r in results] == ["none", "tv(w=0.15)", "cifar10-dncnn-s0.25"]
+    assert all(r["n_images"] == 4 and r["clean_accuracy"] is not None for r in results)
+    # every method saw the same noisy copies: no denoiser's PSNR is the noisy images' PSNR, below the denoiser's
+    assert results[2]["psnr_db"] > results[0]["psnr_db"]
