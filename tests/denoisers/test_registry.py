@@ -28,8 +28,11 @@ def test_the_cifar10_denoisers_are_registered_with_recipe_data_access_and_heldou
         assert meta["sigma"] == 0.25 and meta["arch"] == "dncnn" and meta["access"] == access
         assert meta["objective"] == ("mse" if access is None else "stab+mse")
         assert "train split=all: 50000 photos" == meta["training_data"] and "test split" in meta["heldout_photos"]
-        assert meta["heldout_psnr_db"] > meta["heldout_psnr_noisy_db"] + 5
+        # MSE is trained for PSNR; Stab trades some of it for the classifier's labels, but is still a denoiser
+        assert meta["heldout_psnr_db"] > meta["heldout_psnr_noisy_db"] + (8 if access is None else 4)
         assert meta["recipe"] and all(r.startswith("robust-api denoiser train") for r in meta["recipe"])
+        outs = [r.split("--out ")[1].split()[0] for r in meta["recipe"]]
+        assert len(set(outs)) == len(outs) and outs[-1] == f"runs/{name}.pt"  # each stage its own file
         assert entries[name].path.stat().st_size < 1_000_000
 
 
