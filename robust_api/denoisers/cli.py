@@ -218,6 +218,9 @@ def eval_cmd(
 
                 class_names = read_checkpoint(classifier).get("class_names")
             images, where = datasets.labelled_folder_set(dataset, skip=skip, limit=limit, class_names=class_names)
+            if class_names is None:  # the folder's class order says nothing about an ImageNet model's outputs
+                images = [(name, pixels, None) for name, pixels, _ in images]
+                where += "; no true classes: the classifier names none"
         elif photos_dir is not None:
             from robust_api.denoisers import datasets
 

@@ -92,3 +92,14 @@ def test_denoiser_eval_on_an_image_folder_through_a_classifier_checkpoint(cifar_
     assert all(r["n_images"] == 4 and r["clean_accuracy"] is not None for r in results)
     # every method saw the same noisy copies: no denoiser's PSNR is the noisy images' PSNR, below the denoiser's
     assert results[2]["psnr_db"] > results[0]["psnr_db"]
+
+
+def test_denoiser_eval_on_an_image_folder_scores_no_true_class_for_a_classifier_without_class_names(cifar_like, tmp_path, capsys):
+    import json
+
+    out = run_cli(capsys, "denoiser", "eval", "--dataset", cifar_like / "test", "--skip", "2", "--no-baselines",
+                  "--denoiser", "cifar10-dncnn-s0.25", "--n0", "2", "--n", "4", "--threads", "1",
+                  "--json", tmp_path / "eval.json")
+    assert "no true classes" in out
+    result = json.loads((tmp_path / "eval.json").read_text())["results"][0]
+    assert result["n_images"] == 2 and result["clean_accuracy"] is None and result["true_accuracy"] is None
