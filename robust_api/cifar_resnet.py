@@ -118,12 +118,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Mapping[str, Any]) -> CifarResNet:
-    """The network a checkpoint dict describes, with its weights, in eval mode."""
+    """The network a checkpoint dict describes, with its weights, in eval mode; `model.class_names` names its
+    outputs in order."""
     model = CifarResNet(str(ckpt["arch"]), len(ckpt["class_names"]))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise ConfigError(f"checkpoint weights do not fit {ckpt['arch']}: {exc}") from None
+    model.class_names = tuple(str(c) for c in ckpt["class_names"])
     return model.eval()
 
 

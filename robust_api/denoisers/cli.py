@@ -188,6 +188,7 @@ def eval_cmd(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from robust_api.denoisers import datasets
     from robust_api.denoisers import evaluation as ev
     from robust_api.denoisers.photos import eval_images
     from robust_api.denoisers.registry import list_denoisers, load_denoiser
@@ -209,26 +210,20 @@ def eval_cmd(
             raise ConfigError("nothing to evaluate: no baselines and no denoiser")
         if photos_dir is not None and dataset is not None:
             raise ConfigError("give --photos or --dataset, not both")
+        model = load_surrogate(classifier)
         if dataset is not None:
-            from robust_api.denoisers import datasets
-
-            class_names = None
-            if classifier.endswith((".pt", ".pth")):
-                from robust_api.cifar_resnet import read_checkpoint
-
-                class_names = read_checkpoint(classifier).get("class_names")
+            # a `classifier train` checkpoint names its outputs; an ImageNet model's are not the folder's classes
+            class_names = getattr(model, "class_names", None)
             images, where = datasets.labelled_folder_set(dataset, skip=skip, limit=limit, class_names=class_names)
-            if class_names is None:  # the folder's class order says nothing about an ImageNet model's outputs
+            if class_names is None:
                 images = [(name, pixels, None) for name, pixels, _ in images]
                 where += "; no true classes: the classifier names none"
         elif photos_dir is not None:
-            from robust_api.denoisers import datasets
-
             images, where = datasets.evaluation_set(photos_dir, split, size, limit=limit)
         else:
             images = eval_images(crops, size)
             where = f"crops of {', '.join(sorted({i.split('#')[0] for i, _ in images}))}"
-        classify = ev.Classifier(load_surrogate(classifier), batch_size=batch)
+        classify = ev.Classifier(model, batch_size=batch)
         with Progress(TextColumn("[bold]eval[/] sigma=" + f"{sigma:g}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
             task = bar.add_task("", total=len(images) * (n0 + n))
             results = ev.evaluate(

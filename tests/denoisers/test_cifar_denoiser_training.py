@@ -43,6 +43,7 @@ def test_a_classifier_checkpoint_is_a_frozen_surrogate_taking_unit_range_images(
     surrogate = load_surrogate(str(classifier_checkpoint(tmp_path / "c.pt")))
     assert surrogate(torch.rand(3, 3, 32, 32)).shape == (3, 2)
     assert not any(p.requires_grad for p in surrogate.parameters()) and not surrogate.training
+    assert surrogate.class_names == ("cat", "dog")  # what `denoiser eval --dataset` maps folders to
 
 
 def test_cifar_dncnn_mse_then_stab_mse_through_a_classifier_checkpoint(tmp_path, capsys):
