@@ -50,10 +50,10 @@ def heldout_images(photos: Path | None = None, crops: int = 6) -> tuple[np.ndarr
 
 def cifar_heldout_images(root: Path) -> tuple[np.ndarray, str]:
     """Every CIFAR_HELDOUT_SKIP-th image of `root`/test (ImageFolder order) as NHWC float32, and its description."""
-    from robust_api.datasets import decode_uint8, image_folder
+    from robust_api.denoisers.datasets import labelled_folder_set
 
-    test = image_folder(Path(root) / "test", skip=CIFAR_HELDOUT_SKIP)
-    return decode_uint8(test).astype(np.float32) / 255.0, f"{test.describe()} (test split, never trained on)"
+    images, description = labelled_folder_set(Path(root) / "test", skip=CIFAR_HELDOUT_SKIP)
+    return np.stack([pixels for _, pixels, _ in images]), f"{description} (test split, never trained on)"
 
 
 def access_of(surrogates: list[str]) -> str | None:
