@@ -67,7 +67,7 @@ def train_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N photos of each folder's split."),
     sigma: float = typer.Option(..., "--sigma", help="Noise level (std of Gaussian noise on [0,1] images)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint file to write (periodically and at the end)."),
-    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom"),
+    arch: str = typer.Option("dncnn", "--arch", help="cifar_dncnn | cifar_dncnn_wide | imagenet_dncnn | memnet | imagenet_memnet | dncnn | memnet_custom | ffdnet"),
     depth: Optional[int] = typer.Option(None, "--depth", help="Network depth (dncnn, ffdnet)."),
     width: Optional[int] = typer.Option(None, "--width", help="Network width (dncnn, ffdnet; an ffdnet --init wider than this is pruned to it)."),
     objective: str = typer.Option("mse", "--objective", help="mse | stab | stab+mse"),

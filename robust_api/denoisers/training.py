@@ -143,13 +143,18 @@ def stab_loss(
     min_confidence: float = 0.0,
     mse_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Sum over surrogates of CE(f(D(noisy)), argmax f(clean)) (+ mse_weight * MSE(D(noisy), clean)); surrogates
-    stay frozen, gradients reach D only.
+    """Sum over surrogates of CE(f(clip(D(noisy))), argmax f(clean)) (+ mse_weight * MSE(D(noisy), clean));
+    surrogates stay frozen, gradients reach D only.
+
+    The classifiers see the denoised image clipped to [0, 1], as serving sends it (the denoiser clamps in eval
+    mode, the engine clips again). Fed the raw output, Stab learns to drive pixels far outside [0, 1] (seen: half
+    of them, PSNR 7 dB once clipped) and the served, clipped images are not the ones it was trained on.
 
     With min_confidence > 0, samples whose clean top-1 probability is below it are left out for that surrogate:
     on textures or background the clean label is arbitrary, and asking the denoiser to keep it teaches noise.
     """
     denoised = denoiser(noisy)
+    served = denoised.clamp(0.0, 1.0)
     # the zero term keeps the graph when every sample is filtered out (a zero-gradient step)
     total = F.mse_loss(denoised, clean) * mse_weight if mse_weight else denoised.sum() * 0.0
     for f in surrogates:
@@ -159,7 +164,7 @@ def stab_loss(
             keep = confidence >= min_confidence
         if not bool(keep.any()):
             continue
-        per_sample = F.cross_entropy(f(denoised), target, reduction="none")
+        per_sample = F.cross_entropy(f(served), target, reduction="none")
         total = total + (per_sample * keep).sum() / keep.sum()
     return total
 

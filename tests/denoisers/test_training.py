@@ -203,6 +203,54 @@ def test_mse_weight_adds_the_mse_term_to_stab():
         config(mse_weight=-1.0).validate()
 
 
+class _Overshooting(nn.Module):
+    """A 'denoiser' whose output leaves [0, 1]: 3x - 1, with one trainable gain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * x - 1.0
+
+
+class _BrightnessClassifier(nn.Module):
+    """Two classes scored by mean brightness (class 1 wins the brighter the image); records what it is fed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([-m, m], 1) * 10.0
+
+
+def test_stab_scores_the_denoised_image_clipped_to_0_1_as_serving_sends_it():
+    from robust_api.denoisers.training import stab_loss
+
+    torch.manual_seed(0)
+    clean = torch.rand(8, 3, 8, 8) * 0.2 + 0.8  # bright: the classifier's clean label is class 1
+    noisy = (clean + 0.25 * torch.randn_like(clean)).clamp(0, 1)
+    net, f = _Overshooting(), _BrightnessClassifier()
+    loss = stab_loss(net, clean, noisy, [f])
+    fed = f.seen[-1]
+    assert fed.min() >= 0.0 and fed.max() <= 1.0 and (net(noisy) > 1.0).any()
+    with torch.no_grad():
+        served = net.eval()(noisy).clamp(0, 1)  # what the engine sends on
+    expected = torch.nn.functional.cross_entropy(f(served), torch.ones(8, dtype=torch.long))
+    assert torch.allclose(loss, expected)
+    # an output already above 1 everywhere earns nothing by going higher: no gradient pushes it further out
+    bright = torch.full((4, 3, 8, 8), 0.9)
+    net.train()
+    stab_loss(net, bright, bright, [f]).backward()
+    assert net.gain.grad is not None and float(net.gain.grad) == 0.0
+    raw = torch.nn.functional.cross_entropy(f(net(bright)), torch.ones(4, dtype=torch.long))
+    (gain_grad,) = torch.autograd.grad(raw, net.gain)
+    assert float(gain_grad) < 0  # the unclipped loss would have kept raising the gain
+
+
 def test_training_precision_follows_the_hardware(monkeypatch):
     from robust_api.denoisers import speed
     from robust_api.denoisers.training import training_dtype
