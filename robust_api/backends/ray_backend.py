@@ -295,6 +295,26 @@ async def _open(worker: Any, token: str, spec: SessionConfig, pacer_name: str, r
         raise error
 
 
+_RESTART_WAIT_S = 300.0  # how long a restarting worker may take to answer again before its next attempt
+
+
+async def _restarted(worker: Any) -> None:
+    """Wait until a worker that died answers again (Ray restarts it: ActorUnavailableError meanwhile), so the time
+    a restart takes under load never counts as further deaths. Returns early when the actor is gone for good or
+    after _RESTART_WAIT_S; the caller's next attempt then fails and counts."""
+    import ray
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+    try:
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(ray.exceptions.ActorUnavailableError),
+                                           wait=wait_exponential(multiplier=0.05, max=2.0),
+                                           stop=stop_after_delay(_RESTART_WAIT_S), reraise=True):
+            with attempt:
+                await worker.pid.remote()
+    except ray.exceptions.RayActorError:
+        return
+
+
 def _drop(workers: list[Any]) -> None:
     """Forget pool workers that are gone for good (restarts used up), so the next run starts new ones."""
     import ray
@@ -380,6 +400,7 @@ async def certify_on_ray(
                     raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
                                          "what it logged is kept: rerun to resume") from None
                 log.warning("a Ray worker died while certifying %s; starting it again from the logged samples", image.name)
+                await _restarted(worker)
         raise AssertionError("unreachable")
 
     async def serve(worker: Any) -> None:
@@ -447,6 +468,7 @@ async def _certify_counted(ray: Any, session: Session, workers: list[Any], token
                         raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
                                              "the ranges logged are kept: rerun to resume") from None
                     log.warning("a Ray worker died counting %s [%d, %d); counting it again", image.name, start, stop)
+                    await _restarted(worker)
         finally:
             free.put_nowait(worker)
 
