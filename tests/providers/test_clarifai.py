@@ -243,11 +243,10 @@ async def test_a_reset_connection_is_a_connection_error_sent_once():
 
 async def test_a_hanging_server_is_a_timeout_within_the_per_call_limit():
     async with emulated(EmulatorKnobs(p_timeout=1.0, timeout_hang_s=1.5)) as (emulator, url):
-        started = time.monotonic()
         with pytest.raises(RetryableProviderError) as info:
             await classify_once(url, [png(COLOURS["red"])], timeout_s=0.3)
-        elapsed = time.monotonic() - started
-    assert info.value.kind == "timeout" and elapsed < 1.2 and emulator.stats.requests == 1
+    # the hang ends by dropping the connection: "timeout" means the per-call limit fired first
+    assert info.value.kind == "timeout" and emulator.stats.requests == 1
 
 
 async def test_a_closed_port_is_a_connection_error_without_transport_retries():
