@@ -3,8 +3,9 @@
 A mode is one object that knows, for a run's parameters:
   - which samples it wants: `selection_size` (separate selection samples) and `looks` (the estimation sample
     counts after which it tries to decide; the last look is the budget);
-  - its record in the query log: `log_extra` (the `mode`, `alpha` and, for sequential, the plan), which is
-    also what replay reads back (`options_from_log`);
+  - its record in the query log: `log_extra` (the `mode`, `alpha`, the planned `n0` / `n` of fixed-N modes and,
+    for sequential, the plan), which is also what replay reads back (`options_from_log`; the planned counts
+    let replay tell a complete image from one whose run was killed mid-image);
   - how to certify from labels: `certify(options, sigma, samples)` -> Verdict. Pure, no I/O: the engine
     calls it online after each look and replay calls it offline, on the same labels, so the two agree;
   - its worst-case bill for the planner: `calls_per_image`.
@@ -144,6 +145,10 @@ class FixedMode(Mode):
     def selection_size(self, params: CertifyParams) -> int:
         return params.n0
 
+    def log_extra(self, params: CertifyParams) -> dict[str, Any]:
+        # the planned sample counts: replay certifies a run killed mid-image only on a complete plan
+        return {"mode": self.name, "alpha": params.alpha, "n0": params.n0, "n": params.n}
+
     def certify(self, options: ModeOptions, sigma: float, samples: Samples) -> Verdict:
         counts_selection = smoothing.count_labels(samples.selection)
         counts_estimation = smoothing.count_labels(samples.estimation)
@@ -164,6 +169,9 @@ class CleanMode(Mode):
     """Clean-image selection: the candidate is the provider's label on the clean image (saves the N0 calls)."""
 
     name = "clean"
+
+    def log_extra(self, params: CertifyParams) -> dict[str, Any]:
+        return {"mode": self.name, "alpha": params.alpha, "n": params.n}
 
     def certify(self, options: ModeOptions, sigma: float, samples: Samples) -> Verdict:
         counts_estimation = smoothing.count_labels(samples.estimation)

@@ -191,3 +191,33 @@ def test_counts_decided_by_another_rule_are_not_reused(tmp_path):
     assert set(labels) == {"top1", "present:dark:0.5"}
     assert labels["top1"] <= {"dark", "mid", "bright"} and "dark" in labels["top1"]
     assert "mid" not in labels["present:dark:0.5"] and "bright" not in labels["present:dark:0.5"]
+
+
+def test_replay_of_count_records_uses_complete_plans_and_leaves_out_an_unfinished_image(tmp_path, monkeypatch, caplog):
+    import dataclasses
+    import logging
+
+    import robust_api.full_access as fa
+
+    monkeypatch.setattr(fa, "RANGE", 50)
+    log, tsv, first = run(tmp_path, "full", full_access=True, params=PARAMS)  # n = 120
+    run(tmp_path, "more", full_access=True, params=dataclasses.replace(PARAMS, n=170), log=log)
+    shas = [c.image for c in first.certificates]
+    lines = log.read_text().splitlines(keepends=True)
+
+    def lost(line: str) -> bool:
+        r = json.loads(line)
+        if r["phase"] != "estimation":
+            return False
+        # as if the second run were killed after image 0, and the first one after image 3's first range
+        return (r["start"] >= 120 and r["image"] != shas[0]) or (r["image"] == shas[3] and r["start"] == 50)
+
+    log.write_text("".join(line for line in lines if not lost(line)))
+    with caplog.at_level(logging.WARNING):
+        certs = replay(log, alpha=0.01)
+    assert [c.image for c in certs] == shas[:3]
+    assert sum(certs[0].counts_estimation.values()) == 170  # the larger run finished image 0
+    for again, before in zip(certs[1:], first.certificates[1:3]):  # the others replay at the first run's N
+        assert (again.label, again.radius_l2, again.counts_estimation) == (before.label, before.radius_l2,
+                                                                          before.counts_estimation)
+    assert f"image {shas[3][:16]}" in caplog.text and "not certified" in caplog.text

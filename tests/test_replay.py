@@ -330,3 +330,55 @@ def test_replay_follows_the_logged_mode_for_clean_and_sequential_runs(tmp_path):
         again = by_key[(cert.image, cert.mode)]
         assert (again.label, again.radius_l2) == (cert.label, pytest.approx(cert.radius_l2))
     assert {c.mode for c in replayed} == {"clean", "sequential"}
+
+
+def planned(records: list[QueryRecord], n0: int, n: int, run: str = "run") -> list[QueryRecord]:
+    """The records as a fixed-mode run that planned n0 / n samples logs them (modes.FixedMode.log_extra)."""
+    for r in records:
+        r.extra = {"mode": "fixed", "alpha": 0.001, "n0": n0, "n": n}
+        r.run = run
+    return records
+
+
+def test_an_image_whose_run_stopped_before_its_planned_samples_is_not_certified(caplog):
+    done = planned(image_records(["cat"] * 8, ["cat"] * 40, image="done"), 8, 40)
+    killed = planned(image_records(["cat"] * 8, ["cat"] * 25, image="killed"), 8, 40)
+    killed_early = planned(image_records(["cat"] * 5, [], image="early"), 8, 40)
+    with caplog.at_level(logging.WARNING):
+        certs = replay_records(done + killed + killed_early)
+    assert [c.image for c in certs] == ["done"]
+    assert sum(certs[0].counts_estimation.values()) == 40
+    warned = caplog.text
+    assert "image killed" in warned and "25 of the 40 estimation samples" in warned and "not certified" in warned
+    assert "image early" in warned and "5 of the 8 selection samples" in warned
+    # what the user asks for explicitly is still used (here: fewer samples than planned)
+    assert [c.image for c in replay_records(done + killed, n=25)] == ["done", "killed"]
+
+
+def test_a_log_extended_by_a_larger_n_replays_at_the_largest_plan_it_completes(caplog):
+    first = planned(image_records(["cat"] * 8, ["cat"] * 30 + ["dog"] * 10, image="a"), 8, 40, run="first")
+    more = planned([record(i, "estimation", "cat", image="a") for i in range(40, 90)], 8, 100, run="second")
+    with caplog.at_level(logging.WARNING):
+        (cert,) = replay_records(first + more)  # the second run stopped at 90 of its 100
+    assert cert.counts_estimation == {"cat": 30, "dog": 10}
+    assert "not certified" not in caplog.text
+    rest = planned([record(i, "estimation", "cat", image="a") for i in range(90, 100)], 8, 100, run="second")
+    (cert,) = replay_records(first + more + rest)
+    assert cert.counts_estimation == {"cat": 90, "dog": 10}
+
+
+def test_logs_without_planned_counts_still_use_every_sample():
+    (cert,) = replay_records(image_records(["cat"] * 8, ["cat"] * 25))
+    assert sum(cert.counts_estimation.values()) == 25
+
+
+def test_usable_count_is_the_largest_filled_plan_on_a_range_end():
+    from robust_api.replay.planned import planned_counts, usable_count
+
+    assert usable_count(set(), 37) == 37
+    assert usable_count({40}, 39) is None
+    assert usable_count({40, 100}, 90) == 40
+    assert usable_count({40, 100}, 100) == 100
+    assert usable_count({40}, 60, ends={30, 60}) is None  # counts of [30, 60) cannot be split at 40
+    assert usable_count({40, 60}, 60, ends={40, 60}) == 60
+    assert planned_counts([None, True, "40", 0, -3, 40, 100]) == {40, 100}

@@ -2,7 +2,8 @@
 
 Count records are grouped like samples: one certification per (provider, settings, image, sigma, denoiser,
 seed, decision rule), the clean range shared by every group of (provider, settings, image, decision rule). Each phase's ranges are taken in
-index order from 0 while they are contiguous (a gap — a run killed mid-image — ends them, with a warning); the
+index order from 0 while they are contiguous (a gap ends them, with a warning), up to the largest planned
+count they fill (replay.planned: an image whose run was killed before its plan was complete is not certified); the
 labels are the logged counts (decided at run time by the rule named in the records, as there are no responses
 to re-decide). Each group goes through its mode's `certify` (modes), as online, and the certificate's time is
 the logged seconds of the ranges it used, so the TSV equals the online one. Groups come in input order: runs
@@ -17,11 +18,14 @@ from typing import Iterable
 from robust_api.errors import ConfigError, LogError
 from robust_api.modes import MODES, Samples, get_mode
 from robust_api.query_logs.counts import CountRecord, labels_of, read_count_records
+from robust_api.replay.planned import planned_counts, usable_count
 from robust_api.results import Certificate, certificate_from_verdict
 
 log = logging.getLogger("robust_api.replay")
 
 __all__ = ["counted_certificates", "certify_counted_records"]
+
+_PLANNED = {"selection": "n0", "estimation": "n"}  # the log_extra key of each phase's planned sample count
 
 
 def counted_certificates(paths: Iterable[str | Path], *, alpha: float = 0.001, sigma: float | None = None,
@@ -49,8 +53,10 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
         group = groups.get(gk)
         if group is None:
             group = groups[gk] = {"first": order, "run": runs[record.run], "position": record.extra.get("position"),
-                                  "extra": record.extra, "denoiser": record.denoiser, "selection": {}, "estimation": {}}
+                                  "extra": record.extra, "denoiser": record.denoiser, "selection": {}, "estimation": {},
+                                  "planned": {"selection": [], "estimation": []}}
         group[record.phase].setdefault(record.start, record)
+        group["planned"][record.phase].append(record.extra.get(_PLANNED[record.phase]))
 
     def order(item) -> tuple:
         _, g = item
@@ -59,8 +65,24 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
 
     out = []
     for gk, group in sorted(groups.items(), key=order):
-        out.append(_certify(gk, group, clean.get((*gk[:3], gk[6])), alpha, mode))
+        certificate = _certify(gk, group, clean.get((*gk[:3], gk[6])), alpha, mode)
+        if certificate is not None:
+            out.append(certificate)
     return out
+
+
+def _planned_ranges(ranges: list[CountRecord], planned: list, what: str, image: str, sig: float) -> list[CountRecord] | None:
+    """The contiguous ranges up to the largest planned count they fill (replay.planned); None (warned) when the
+    run stopped before any plan was complete; all of them when the records name no plan."""
+    plans = planned_counts(planned)
+    available = ranges[-1].stop if ranges else 0
+    usable = usable_count(plans, available, {r.stop for r in ranges} | {0})
+    if usable is None:
+        log.warning("image %s (sigma %g): %d of the %s %s samples its run planned are counted in the log (a run "
+                    "stopped mid-image); not certified: rerun its certify command to complete it", image[:16], sig,
+                    available, " or ".join(f"{p:,}" for p in sorted(plans)), what)
+        return None
+    return [r for r in ranges if r.stop <= usable]
 
 
 def _contiguous(ranges: dict[int, CountRecord], what: str, image: str) -> list[CountRecord]:
@@ -74,7 +96,7 @@ def _contiguous(ranges: dict[int, CountRecord], what: str, image: str) -> list[C
     return out
 
 
-def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mode_name: str) -> Certificate:
+def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mode_name: str) -> Certificate | None:
     provider, settings, image, sig, _, seed, decision = gk
     name = mode_name
     if name == "auto":
@@ -82,6 +104,11 @@ def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mo
     mode = get_mode(name)
     selection = _contiguous(group["selection"], "selection", image) if mode.uses_selection else []
     estimation = _contiguous(group["estimation"], "estimation", image)
+    if mode.fixed_n:
+        selection = _planned_ranges(selection, group["planned"]["selection"], "selection", image, sig)
+        estimation = _planned_ranges(estimation, group["planned"]["estimation"], "estimation", image, sig)
+        if selection is None or estimation is None:
+            return None
     clean_label = labels_of([clean])[0] if clean is not None else None
     samples = Samples(clean_label, labels_of(selection), labels_of(estimation))
     try:

@@ -48,9 +48,11 @@ class GroupSamples:
     logged_mode: str | None = None  # extra["mode"] of the first record that named one
     plan: dict[str, Any] | None = None  # extra["plan"] of the first sequential record
     origin: tuple[str, float] = ("", math.inf)  # (run, input position) of the group's first record
+    planned: dict[str, set[int]] = field(default_factory=dict)  # phase -> the n0 / n the records' runs planned
 
 
 _UNKNOWN_VERSION = "unknown"
+_PLANNED = {"selection": "n0", "estimation": "n"}  # the log_extra key of each phase's planned sample count
 
 
 class Collector:
@@ -133,8 +135,11 @@ class Collector:
                 group.duplicates += 1
                 continue
             samples[index] = (label, record.latency_ms)
+            extra = record.extra
+            planned = extra.get(_PLANNED.get(phase, "")) if extra else None
+            if isinstance(planned, int) and not isinstance(planned, bool):
+                group.planned.setdefault(phase, set()).add(planned)
             if group.logged_mode is None or (group.plan is None and phase == "estimation"):
-                extra = record.extra
                 if extra:
                     group.logged_mode = group.logged_mode or extra.get("mode")
                     if group.plan is None and extra.get("plan") is not None:
@@ -167,6 +172,8 @@ class Collector:
             mine.logged_mode = mine.logged_mode or theirs.logged_mode
             mine.plan = mine.plan if mine.plan is not None else theirs.plan
             mine.model_versions |= theirs.model_versions
+            for phase, counts in theirs.planned.items():
+                mine.planned.setdefault(phase, set()).update(counts)
         for ckey, label in later.clean.items():
             self._add_clean(ckey, label)
         for ckey, label in later.clean_conflicts.items():

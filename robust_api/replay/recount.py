@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -13,6 +13,7 @@ from robust_api.errors import ConfigError, LogError
 from robust_api.modes import MODES, Samples, get_mode
 from robust_api.query_logs.schema import QueryRecord
 from robust_api.replay.grouping import Collector, GroupSamples, Rule
+from robust_api.replay.planned import usable_count
 from robust_api.replay.reading import collect
 from robust_api.results import Certificate, certificate_from_verdict
 
@@ -43,6 +44,35 @@ def _first(samples: Mapping[int, tuple[str, float | None]], limit: int | None, w
     return [samples[i] for i in indices]
 
 
+def _mode_name(group: GroupSamples, opts: ReplayOptions) -> str:
+    if opts.mode != "auto":
+        return opts.mode
+    return group.logged_mode if group.logged_mode in MODES else "fixed"
+
+
+def planned_options(group: GroupSamples, opts: ReplayOptions) -> ReplayOptions | None:
+    """`opts` with n0 / n set to the planned counts the log fills (replay.planned), or None when the group's
+    run stopped before any of its plans was complete (warned). Options the user gave, logs without planned
+    counts and sequential groups are left as they are."""
+    mode = get_mode(_mode_name(group, opts))
+    if not mode.fixed_n:
+        return opts
+    sizes = {}
+    for phase, field_name, samples in (("selection", "n0", group.selection), ("estimation", "n", group.estimation)):
+        planned = group.planned.get(phase)
+        if getattr(opts, field_name) is not None or not planned or (phase == "selection" and not mode.uses_selection):
+            continue
+        usable = usable_count(planned, len(samples))
+        if usable is None:
+            k = group.key
+            log.warning("image %s (sigma %g): %d of the %s %s samples its run planned are logged (a run stopped "
+                        "mid-image); not certified: rerun its certify command to complete it", k.image[:16], k.sigma,
+                        len(samples), " or ".join(f"{p:,}" for p in sorted(planned)), phase)
+            return None
+        sizes[field_name] = usable
+    return replace(opts, **sizes) if sizes else opts
+
+
 def certify_group(group: GroupSamples, opts: ReplayOptions) -> Certificate:
     """One group's certificate in `opts.mode` ("auto": the mode the log says, fixed for logs that do not say).
 
@@ -50,9 +80,7 @@ def certify_group(group: GroupSamples, opts: ReplayOptions) -> Certificate:
     sequential group re-runs its logged plan over every estimation sample in index order, at the plan's alpha.
     """
     k = group.key
-    name = opts.mode
-    if name == "auto":
-        name = group.logged_mode if group.logged_mode in MODES else "fixed"
+    name = _mode_name(group, opts)
     mode = get_mode(name)
     selection = _first(group.selection, opts.n0, "selection", group) if mode.uses_selection else []
     estimation = _first(group.estimation, opts.n if mode.fixed_n else None, "estimation", group)
@@ -112,7 +140,9 @@ def replay_records(
     """Certificates from query-log records, one per group (robust_api.replay.grouping), in input order.
 
     n0 / n use the first n0 selection / n estimation samples by index (ConfigError if fewer are logged);
-    None uses all. sigma (optional) keeps only the groups logged at that sigma. Raises ConfigError for bad
+    None uses the largest sample count a run planned that the log fills (replay.planned: a group whose run
+    was killed before it had its planned samples is left out, with a warning), or all samples when the log
+    names no plan. sigma (optional) keeps only the groups logged at that sigma. Raises ConfigError for bad
     options, LogError for a response the rule cannot read.
     """
     _check_options(alpha, n0, n, mode, sigma)
@@ -156,4 +186,9 @@ def replay(
 
 def _recount(collector: Collector, rule: Rule, alpha: float, n0: int | None, n: int | None, mode: str) -> list[Certificate]:
     opts = ReplayOptions(alpha, n0, n, mode, getattr(rule, "name", "custom"))
-    return [certify_group(group, opts) for group in collector.finish()]
+    out = []
+    for group in collector.finish():
+        planned = planned_options(group, opts)
+        if planned is not None:
+            out.append(certify_group(group, planned))
+    return out

@@ -1,0 +1,33 @@
+"""How many logged samples a replayed fixed-N certificate uses: the run's planned count, never a killed run's rest.
+
+Fixed-N runs log their planned `n0` / `n` with every record (modes.Mode.log_extra). A run killed mid-image
+leaves fewer samples than it planned; certifying on them would print a certificate the run never made (at a
+smaller N than the one stated). So replay uses, per phase, the largest planned count the log fills — a log
+extended by a later run with a larger N still replays at the earlier N until the larger one is complete — and
+reports an image whose every plan is unfilled as incomplete (resume it by rerunning its certify command).
+Logs without planned counts (older versions, legacy imports) keep every logged sample, as before.
+"""
+from __future__ import annotations
+
+from typing import Collection, Iterable
+
+__all__ = ["planned_counts", "usable_count"]
+
+
+def planned_counts(values: Iterable[object]) -> set[int]:
+    """The positive integer counts among logged `extra` values (anything else — absent, bool, junk — ignored)."""
+    return {v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+
+
+def usable_count(planned: Collection[int], available: int, ends: Collection[int] | None = None) -> int | None:
+    """The number of samples to certify on, given the planned counts logged for a phase.
+
+    `available`: how many samples (from index 0, without gaps) the log holds; `ends`: for count records, the
+    sample counts at which a logged range ends (a range's counts cannot be split), None when every count is
+    possible. No plans logged: `available` (every sample). Otherwise the largest plan <= available that ends
+    on a range end, or None when the log fills none of them (the image is incomplete).
+    """
+    if not planned:
+        return available
+    filled = [p for p in planned if p <= available and (ends is None or p in ends)]
+    return max(filled) if filled else None
