@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from robust_api.dispatch import Pacer
 from robust_api.errors import ConfigError, ProviderError, RobustAPIError
@@ -41,6 +41,8 @@ from robust_api.images import LoadedImage, load_image
 from robust_api.modes import CertifyParams
 from robust_api.results import Certificate
 from robust_api.session import Session, SessionConfig
+
+T = TypeVar("T")
 
 __all__ = ["certify_on_ray", "connect", "worker_config", "RemotePacer", "MAX_RESTARTS"]
 
@@ -315,6 +317,24 @@ async def _restarted(worker: Any) -> None:
         return
 
 
+async def _with_restarts(worker: Any, call: Callable[[], Awaitable[T]], *, doing: str, image: str, kept: str) -> T:
+    """`call()` (which opens the worker's session first: a restart loses it), again after each death of the
+    worker, once Ray has restarted it; RobustAPIError after _DEAD_WORKER_RETRIES + 1 deaths (`kept`: what the
+    log keeps for the rerun). `doing` names the work in the warning."""
+    import ray
+
+    for attempt in range(_DEAD_WORKER_RETRIES + 1):
+        try:
+            return await call()
+        except ray.exceptions.RayActorError as exc:
+            if attempt == _DEAD_WORKER_RETRIES:
+                raise RobustAPIError(f"image {image}: its Ray worker died {attempt + 1} times ({exc}); "
+                                     f"{kept} kept: rerun to resume") from None
+            log.warning("a Ray worker died %s; starting it again from the logged samples", doing)
+            await _restarted(worker)
+    raise AssertionError("unreachable")
+
+
 def _drop(workers: list[Any]) -> None:
     """Forget pool workers that are gone for good (restarts used up), so the next run starts new ones."""
     import ray
@@ -383,25 +403,22 @@ async def certify_on_ray(
 
     async def one(worker: Any, i: int) -> Certificate:
         image = loaded[i]
-        for attempt in range(_DEAD_WORKER_RETRIES + 1):
-            cached = session.index.for_image(image.sha256)
-            try:
-                await _open(worker, token, spec, pacer_name, rate)  # again after a restart: state is lost
-                async for ref in worker.certify.remote(token, image, positions[i], params, cached):
-                    kind, value = await ref
-                    if kind == "record":
-                        write(value)
-                    elif kind == "certificate":
-                        return value
-                    else:
-                        raise value
-            except ray.exceptions.RayActorError as exc:
-                if attempt == _DEAD_WORKER_RETRIES:
-                    raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
-                                         "what it logged is kept: rerun to resume") from None
-                log.warning("a Ray worker died while certifying %s; starting it again from the logged samples", image.name)
-                await _restarted(worker)
-        raise AssertionError("unreachable")
+
+        async def attempt() -> Certificate:
+            cached = session.index.for_image(image.sha256)  # after a death: what the lost attempt logged too
+            await _open(worker, token, spec, pacer_name, rate)
+            async for ref in worker.certify.remote(token, image, positions[i], params, cached):
+                kind, value = await ref
+                if kind == "record":
+                    write(value)
+                elif kind == "certificate":
+                    return value
+                else:
+                    raise value
+            raise RobustAPIError(f"image {image.name}: its Ray worker ended without a certificate")
+
+        return await _with_restarts(worker, attempt, doing=f"while certifying {image.name}", image=image.name,
+                                    kept="what it logged is")
 
     async def serve(worker: Any) -> None:
         while not pending.empty():
@@ -455,20 +472,17 @@ async def _certify_counted(ray: Any, session: Session, workers: list[Any], token
 
     async def compute(image: LoadedImage, params: CertifyParams, phase: str, start: int, stop: int, extra: dict):
         worker = await free.get()
+
+        async def attempt():
+            await _open(worker, token, spec, pacer_name, rate)
+            kind, value = await worker.count.remote(token, image, params, phase, start, stop, extra)
+            if kind == "error":
+                raise value
+            return value
+
         try:
-            for attempt in range(_DEAD_WORKER_RETRIES + 1):
-                try:
-                    await _open(worker, token, spec, pacer_name, rate)  # again after a restart
-                    kind, value = await worker.count.remote(token, image, params, phase, start, stop, extra)
-                    if kind == "error":
-                        raise value
-                    return value
-                except ray.exceptions.RayActorError as exc:
-                    if attempt == _DEAD_WORKER_RETRIES:
-                        raise RobustAPIError(f"image {image.name}: its Ray worker died {attempt + 1} times ({exc}); "
-                                             "the ranges logged are kept: rerun to resume") from None
-                    log.warning("a Ray worker died counting %s [%d, %d); counting it again", image.name, start, stop)
-                    await _restarted(worker)
+            return await _with_restarts(worker, attempt, doing=f"counting {image.name} [{start}, {stop})",
+                                        image=image.name, kept="the ranges logged are")
         finally:
             free.put_nowait(worker)
 
