@@ -382,3 +382,17 @@ def test_usable_count_is_the_largest_filled_plan_on_a_range_end():
     assert usable_count({40}, 60, ends={30, 60}) is None  # counts of [30, 60) cannot be split at 40
     assert usable_count({40, 60}, 60, ends={40, 60}) == 60
     assert planned_counts([None, True, "40", 0, -3, 40, 100]) == {40, 100}
+
+
+def test_collectors_of_two_pieces_merge_their_planned_counts():
+    from robust_api.replay import Collector, resolve_rule
+
+    first = planned(image_records(["cat"] * 8, ["cat"] * 40, image="a"), 8, 40, run="first")
+    second = planned([record(i, "estimation", "cat", image="a") for i in range(40, 100)], 8, 100, run="second")
+    whole, head, tail = (Collector(resolve_rule(None), None) for _ in range(3))
+    whole.add_records(first + second, "log")
+    head.add_records(first, "log")
+    tail.add_records(second, "log")
+    head.merge(tail)
+    (merged,), (single,) = head.finish(), whole.finish()
+    assert merged.planned == single.planned == {"selection": {8}, "estimation": {40, 100}}
