@@ -221,3 +221,5 @@ def test_replay_of_count_records_uses_complete_plans_and_leaves_out_an_unfinishe
         assert (again.label, again.radius_l2, again.counts_estimation) == (before.label, before.radius_l2,
                                                                           before.counts_estimation)
     assert f"image {shas[3][:16]}" in caplog.text and "not certified" in caplog.text
+    # clean mode uses no selection samples, so their plan does not hold an image back
+    assert [c.image for c in replay(log, alpha=0.01, mode="clean")] == shas[:3]

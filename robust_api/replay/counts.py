@@ -18,14 +18,13 @@ from typing import Iterable
 from robust_api.errors import ConfigError, LogError
 from robust_api.modes import MODES, Samples, get_mode
 from robust_api.query_logs.counts import CountRecord, labels_of, read_count_records
-from robust_api.replay.planned import planned_counts, usable_count
+from robust_api.replay.planned import PLANNED_KEYS, planned_counts, usable_count
 from robust_api.results import Certificate, certificate_from_verdict
 
 log = logging.getLogger("robust_api.replay")
 
 __all__ = ["counted_certificates", "certify_counted_records"]
 
-_PLANNED = {"selection": "n0", "estimation": "n"}  # the log_extra key of each phase's planned sample count
 
 
 def counted_certificates(paths: Iterable[str | Path], *, alpha: float = 0.001, sigma: float | None = None,
@@ -56,7 +55,7 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
                                   "extra": record.extra, "denoiser": record.denoiser, "selection": {}, "estimation": {},
                                   "planned": {"selection": [], "estimation": []}}
         group[record.phase].setdefault(record.start, record)
-        group["planned"][record.phase].append(record.extra.get(_PLANNED[record.phase]))
+        group["planned"][record.phase].append(record.extra.get(PLANNED_KEYS[record.phase]))
 
     def order(item) -> tuple:
         _, g = item
@@ -105,7 +104,8 @@ def _certify(gk: tuple, group: dict, clean: CountRecord | None, alpha: float, mo
     selection = _contiguous(group["selection"], "selection", image) if mode.uses_selection else []
     estimation = _contiguous(group["estimation"], "estimation", image)
     if mode.fixed_n:
-        selection = _planned_ranges(selection, group["planned"]["selection"], "selection", image, sig)
+        if mode.uses_selection:
+            selection = _planned_ranges(selection, group["planned"]["selection"], "selection", image, sig)
         estimation = _planned_ranges(estimation, group["planned"]["estimation"], "estimation", image, sig)
         if selection is None or estimation is None:
             return None

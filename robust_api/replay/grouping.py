@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from robust_api.errors import ConfigError, LogError, ResponseFormatError
 from robust_api.query_logs.schema import QueryRecord, settings_key
+from robust_api.replay.planned import PLANNED_KEYS
 
 log = logging.getLogger("robust_api.replay")
 
@@ -52,7 +53,6 @@ class GroupSamples:
 
 
 _UNKNOWN_VERSION = "unknown"
-_PLANNED = {"selection": "n0", "estimation": "n"}  # the log_extra key of each phase's planned sample count
 
 
 class Collector:
@@ -136,7 +136,7 @@ class Collector:
                 continue
             samples[index] = (label, record.latency_ms)
             extra = record.extra
-            planned = extra.get(_PLANNED.get(phase, "")) if extra else None
+            planned = extra.get(PLANNED_KEYS.get(phase, "")) if extra else None
             if isinstance(planned, int) and not isinstance(planned, bool):
                 group.planned.setdefault(phase, set()).add(planned)
             if group.logged_mode is None or (group.plan is None and phase == "estimation"):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Collection, Iterable
 
-__all__ = ["planned_counts", "usable_count"]
+__all__ = ["PLANNED_KEYS", "planned_counts", "usable_count"]
+
+PLANNED_KEYS = {"selection": "n0", "estimation": "n"}  # phase -> the `extra` key of its planned sample count
 
 
 def planned_counts(values: Iterable[object]) -> set[int]:
