@@ -373,7 +373,7 @@ def test_logs_without_planned_counts_still_use_every_sample():
 
 
 def test_usable_count_is_the_largest_filled_plan_on_a_range_end():
-    from robust_api.replay.planned import planned_counts, usable_count
+    from robust_api.replay.planned import planned_count, usable_count
 
     assert usable_count(set(), 37) == 37
     assert usable_count({40}, 39) is None
@@ -381,7 +381,9 @@ def test_usable_count_is_the_largest_filled_plan_on_a_range_end():
     assert usable_count({40, 100}, 100) == 100
     assert usable_count({40}, 60, ends={30, 60}) is None  # counts of [30, 60) cannot be split at 40
     assert usable_count({40, 60}, 60, ends={40, 60}) == 60
-    assert planned_counts([None, True, "40", 0, -3, 40, 100]) == {40, 100}
+    logged = [None, True, "40", 0, -3, 40, 100]
+    assert {planned_count({"n": v}, "estimation") for v in logged} - {None} == {40, 100}
+    assert planned_count({"n": 40}, "selection") is None and planned_count(None, "estimation") is None
 
 
 def test_collectors_of_two_pieces_merge_their_planned_counts():

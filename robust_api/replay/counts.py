@@ -18,7 +18,7 @@ from typing import Iterable
 from robust_api.errors import ConfigError, LogError
 from robust_api.modes import MODES, Samples, get_mode
 from robust_api.query_logs.counts import CountRecord, labels_of, read_count_records
-from robust_api.replay.planned import PLANNED_KEYS, planned_counts, usable_count
+from robust_api.replay.planned import planned_count, usable_count, warn_incomplete
 from robust_api.results import Certificate, certificate_from_verdict
 
 log = logging.getLogger("robust_api.replay")
@@ -53,9 +53,11 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
         if group is None:
             group = groups[gk] = {"first": order, "run": runs[record.run], "position": record.extra.get("position"),
                                   "extra": record.extra, "denoiser": record.denoiser, "selection": {}, "estimation": {},
-                                  "planned": {"selection": [], "estimation": []}}
+                                  "planned": {"selection": set(), "estimation": set()}}
         group[record.phase].setdefault(record.start, record)
-        group["planned"][record.phase].append(record.extra.get(PLANNED_KEYS[record.phase]))
+        planned = planned_count(record.extra, record.phase)
+        if planned is not None:
+            group["planned"][record.phase].add(planned)
 
     def order(item) -> tuple:
         _, g = item
@@ -70,16 +72,13 @@ def certify_counted_records(records: Iterable[CountRecord], *, alpha: float = 0.
     return out
 
 
-def _planned_ranges(ranges: list[CountRecord], planned: list, what: str, image: str, sig: float) -> list[CountRecord] | None:
+def _planned_ranges(ranges: list[CountRecord], planned: set[int], what: str, image: str, sig: float) -> list[CountRecord] | None:
     """The contiguous ranges up to the largest planned count they fill (replay.planned); None (warned) when the
     run stopped before any plan was complete; all of them when the records name no plan."""
-    plans = planned_counts(planned)
     available = ranges[-1].stop if ranges else 0
-    usable = usable_count(plans, available, {r.stop for r in ranges} | {0})
+    usable = usable_count(planned, available, {r.stop for r in ranges} | {0})
     if usable is None:
-        log.warning("image %s (sigma %g): %d of the %s %s samples its run planned are counted in the log (a run "
-                    "stopped mid-image); not certified: rerun its certify command to complete it", image[:16], sig,
-                    available, " or ".join(f"{p:,}" for p in sorted(plans)), what)
+        warn_incomplete(image, sig, available, planned, what)
         return None
     return [r for r in ranges if r.stop <= usable]
 

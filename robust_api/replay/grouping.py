@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from robust_api.errors import ConfigError, LogError, ResponseFormatError
 from robust_api.query_logs.schema import QueryRecord, settings_key
-from robust_api.replay.planned import PLANNED_KEYS
+from robust_api.replay.planned import planned_count
 
 log = logging.getLogger("robust_api.replay")
 
@@ -136,8 +136,8 @@ class Collector:
                 continue
             samples[index] = (label, record.latency_ms)
             extra = record.extra
-            planned = extra.get(PLANNED_KEYS.get(phase, "")) if extra else None
-            if isinstance(planned, int) and not isinstance(planned, bool):
+            planned = planned_count(extra, phase)
+            if planned is not None:
                 group.planned.setdefault(phase, set()).add(planned)
             if group.logged_mode is None or (group.plan is None and phase == "estimation"):
                 if extra:

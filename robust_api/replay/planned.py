@@ -9,16 +9,21 @@ Logs without planned counts (older versions, legacy imports) keep every logged s
 """
 from __future__ import annotations
 
-from typing import Collection, Iterable
+import logging
+from typing import Any, Collection, Mapping
 
-__all__ = ["PLANNED_KEYS", "planned_counts", "usable_count"]
+__all__ = ["PLANNED_KEYS", "planned_count", "usable_count", "warn_incomplete"]
+
+log = logging.getLogger("robust_api.replay")
 
 PLANNED_KEYS = {"selection": "n0", "estimation": "n"}  # phase -> the `extra` key of its planned sample count
 
 
-def planned_counts(values: Iterable[object]) -> set[int]:
-    """The positive integer counts among logged `extra` values (anything else — absent, bool, junk — ignored)."""
-    return {v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+def planned_count(extra: Mapping[str, Any] | None, phase: str) -> int | None:
+    """The planned sample count a record of `phase` carries in its `extra`: a positive int, else None (absent,
+    another phase, bool or junk)."""
+    value = extra.get(PLANNED_KEYS.get(phase, "")) if extra else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def usable_count(planned: Collection[int], available: int, ends: Collection[int] | None = None) -> int | None:
@@ -33,3 +38,10 @@ def usable_count(planned: Collection[int], available: int, ends: Collection[int]
         return available
     filled = [p for p in planned if p <= available and (ends is None or p in ends)]
     return max(filled) if filled else None
+
+
+def warn_incomplete(image: str, sigma: float, available: int, planned: Collection[int], phase: str) -> None:
+    """The warning for a group left out because its run stopped before any planned count was logged."""
+    log.warning("image %s (sigma %g): %d of the %s %s samples its run planned are in the log (a run stopped "
+                "mid-image); not certified: rerun its certify command to complete it", image[:16], sigma, available,
+                " or ".join(f"{p:,}" for p in sorted(planned)), phase)

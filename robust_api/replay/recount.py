@@ -13,7 +13,7 @@ from robust_api.errors import ConfigError, LogError
 from robust_api.modes import MODES, Samples, get_mode
 from robust_api.query_logs.schema import QueryRecord
 from robust_api.replay.grouping import Collector, GroupSamples, Rule
-from robust_api.replay.planned import usable_count
+from robust_api.replay.planned import usable_count, warn_incomplete
 from robust_api.replay.reading import collect
 from robust_api.results import Certificate, certificate_from_verdict
 
@@ -64,10 +64,7 @@ def planned_options(group: GroupSamples, opts: ReplayOptions) -> ReplayOptions |
             continue
         usable = usable_count(planned, len(samples))
         if usable is None:
-            k = group.key
-            log.warning("image %s (sigma %g): %d of the %s %s samples its run planned are logged (a run stopped "
-                        "mid-image); not certified: rerun its certify command to complete it", k.image[:16], k.sigma,
-                        len(samples), " or ".join(f"{p:,}" for p in sorted(planned)), phase)
+            warn_incomplete(group.key.image, group.key.sigma, len(samples), planned, phase)
             return None
         sizes[field_name] = usable
     return replace(opts, **sizes) if sizes else opts
